@@ -1,0 +1,113 @@
+"""``lmforge stage NAME`` / ``python -m stages NAME``: one stage on plain files.
+
+No Prefect, no server: inputs are paths, outputs go to ``--output DIR``, and stdout
+ends with one JSON line of counts and output paths. The Ray-job executor submits
+exactly this command, so it is also how a stage runs on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from stages.core.configuration import apply_overrides, load_yaml, validate
+from stages.core.errors import ConfigError, LmforgeError
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "filelock", "trafilatura", "htmldate", "charset_normalizer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def standalone_config(name: str, config_path: Optional[Path], overrides: list[str]) -> tuple[Any, int]:
+    """The stage's config section (from a pipeline YAML or defaults) with ``--set`` applied."""
+    from stages.registry import get_stage
+
+    stage = get_stage(name)
+    data = load_yaml(config_path) if config_path else {}
+    for item in overrides:
+        section = item.partition("=")[0].split(".", 1)[0]
+        if section not in (name, "pipeline"):
+            raise ConfigError(f"--set {item}: standalone '{name}' takes '{name}.<field>=...' or 'pipeline.seed=...'")
+    data = apply_overrides(data, overrides)
+    pipeline = data.get("pipeline") or {}
+    seed = pipeline.get("seed", 0) if isinstance(pipeline, dict) else 0
+    if not isinstance(seed, int):
+        raise ConfigError(f"bad value for 'pipeline.seed' ({seed!r}): must be an integer")
+    section = data.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"section '{name}' must be a mapping of fields")
+    return validate(stage.config_model, section, prefix=f"{name}."), seed
+
+
+def parse_inputs(items: list[str]) -> dict[str, list[str]]:
+    """``NAME=PATH`` or a bare ``PATH`` (the ``docs`` input); repeated names accumulate."""
+    parsed: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or "/" in name or not name.isidentifier():
+            name, path = "docs", item
+        parsed.setdefault(name, []).append(path)
+    return parsed
+
+
+def run_standalone(name: str, inputs: list[str], output: Path, config_path: Optional[Path],
+                   overrides: list[str], ray_address: Optional[str]) -> dict[str, Any]:
+    from stages.core.runner import execute_stage
+    from stages.registry import get_stage
+
+    stage = get_stage(name)
+    config, seed = standalone_config(name, config_path, overrides)
+    config, resolved = stage.standalone_inputs(config, parse_inputs(inputs))
+    result = execute_stage(stage, config, resolved, output, seed=seed, ray_address=ray_address)
+    outputs = {key: str(result.output_dir / rel) for key, rel in result.manifest.get("named_outputs", {}).items()}
+    return {
+        "stage": name,
+        "output": str(result.output_dir),
+        "counts": result.counts,
+        "outputs": outputs,
+        "manifest": str(result.output_dir / "manifest.json"),
+        "cache_key": result.manifest["cache_key"],
+        "duration_s": round(result.duration_s, 2),
+    }
+
+
+def stage_command(
+    name: Annotated[str, typer.Argument(help="Stage to run: ingest, dedup, quality, ... (see `lmforge config show`).")],
+    input: Annotated[list[str], typer.Option("--input", "-i", help="[NAME=]PATH of an input; a bare path is the 'docs' input. Repeatable.")] = [],  # noqa: B006
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the outputs and manifest.json (replaced atomically).")] = ...,  # type: ignore[assignment]
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline YAML to take this stage's section from.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a field: STAGE.field=value (YAML scalar). Repeatable.")] = [],  # noqa: B006
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to use instead of a local one.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Run one stage on plain files, with no Prefect and no server.
+
+    Document stages write OUT/kept.jsonl (or kept/ Parquet shards), OUT/removed.jsonl,
+    OUT/quarantined.jsonl and OUT/manifest.json. Progress goes to stderr; stdout ends
+    with one JSON line of counts and output paths.
+    """
+    setup_logging(verbose)
+    try:
+        summary = run_standalone(name, input, output, config, set_, ray_address)
+    except LmforgeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(json.dumps(summary, sort_keys=True))
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=stage_command.__doc__)(stage_command)
+    app()

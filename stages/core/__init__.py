@@ -1,0 +1,1 @@
+"""Plumbing shared by every stage: the stage contract, implemented once."""

@@ -1,0 +1,103 @@
+"""The stage contract: what every stage declares and what it hands back.
+
+A stage is a class with a name, a config model, named inputs and one ``run(ctx)``.
+Everything around it (cache key, manifest, atomic outputs, MLflow run) is done once,
+in ``stages.core.runner``, so adding a stage is writing ``run``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from stages.core.configuration import StrictModel
+
+if TYPE_CHECKING:
+    from stages.core.tracking import Tracker
+
+
+class StageConfig(StrictModel):
+    """Base of every stage's config section."""
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """One resolved input: a local path, its content digest, and where it came from."""
+
+    name: str
+    path: Path
+    digest: str
+    run_id: str | None = None
+
+
+@dataclass
+class StageContext:
+    stage: str
+    config: StageConfig
+    inputs: dict[str, StageInput]
+    output_dir: Path
+    seed: int
+    run_id: str | None = None
+    tracker: Tracker | None = None
+    ray_address: str | None = None
+    ray_num_cpus: float | None = None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("lmforge.stage"))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Step metrics (training curves) go to MLflow while the stage runs."""
+        if self.tracker is not None and self.run_id is not None:
+            self.tracker.log_metrics(self.run_id, metrics, step=step)
+
+
+@dataclass
+class StageResult:
+    """What ``run`` hands back: counts (for the invariant), figures, manifest extras."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)  # output name -> path relative to the output dir
+
+
+class Stage:
+    """Subclass per stage; set the class attributes and implement ``run``."""
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[StageConfig]]
+    # input name -> "upstream_stage:output_name"; the flow resolves these from upstream runs
+    inputs: ClassVar[dict[str, str]] = {}
+    # document stages obey in = kept + removed + quarantined
+    document_stage: ClassVar[bool] = False
+
+    def config_inputs(self, config: StageConfig, seed: int) -> dict[str, StageInput]:
+        """Inputs named by the config itself (e.g. ingest's source files), not by upstream runs."""
+        return {}
+
+    def standalone_inputs(
+        self, config: StageConfig, paths: dict[str, list[str]]
+    ) -> tuple[StageConfig, dict[str, StageInput]]:
+        """Turn ``--input NAME=PATH`` flags into resolved inputs (a stage may fold them into its config)."""
+        from stages.core.errors import ConfigError
+        from stages.core.runner import input_from_path
+
+        unknown = sorted(set(paths) - set(self.inputs))
+        if unknown:
+            raise ConfigError(f"{self.name} has no input {unknown}; inputs: {', '.join(self.inputs) or 'none'}")
+        missing = sorted(set(self.inputs) - set(paths))
+        if missing:
+            raise ConfigError(f"{self.name} needs --input for {missing}")
+        resolved = {}
+        for name, items in paths.items():
+            if len(items) != 1:
+                raise ConfigError(f"{self.name}: input '{name}' takes one path, got {len(items)}")
+            resolved[name] = input_from_path(name, Path(items[0]))
+        return config, resolved
+
+    def run(self, ctx: StageContext) -> StageResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def module(cls) -> str:
+        return cls.__module__

@@ -1,0 +1,41 @@
+"""Ray, sized to the machine: local ``ray.init()`` by default, or an existing cluster.
+
+On 2 cores every task states its ``num_cpus`` and sets torch threads to match
+(DESIGN.md: a task that takes a whole CPU can starve the rest).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("lmforge.ray")
+
+
+def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    common = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
+    if address:
+        log.info("connecting to Ray cluster at %s", address)
+        ray.init(address=address, **common)
+        return
+    cpus = int(num_cpus or os.cpu_count() or 1)
+    log.info("starting local Ray with %d CPUs", cpus)
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        # keep the object store modest: the machine is shared with training later
+        object_store_memory=min(2 * 2**30, int(_memory_bytes() * 0.1)),
+        **common,
+    )
+
+
+def _memory_bytes() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total

@@ -1,0 +1,184 @@
+"""Run one stage under the contract: cache key, atomic outputs, manifest, MLflow run.
+
+This is the single place the contract is implemented; the standalone CLI, the
+Prefect flow and (later) the Ray-job executor all call ``execute_stage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from stages.core.atomic import atomic_output_dir
+from stages.core.codehash import code_hash
+from stages.core.contract import Stage, StageConfig, StageContext, StageInput, StageResult
+from stages.core.digests import sha256_json, tree_digests
+from stages.core.environment import hardware, library_versions, lock_hash
+from stages.core.errors import LmforgeError, StageError
+from stages.core.manifest import MANIFEST, read_manifest, write_manifest
+from stages.core.tracking import TAG_CACHE_KEY, TAG_COMPLETE, TAG_PIPELINE, TAG_STAGE, Tracker
+
+log = logging.getLogger("lmforge.runner")
+
+
+@dataclass
+class StageRun:
+    """Where a stage's outputs are and how they were obtained."""
+
+    stage: str
+    output_dir: Path
+    manifest: dict[str, Any]
+    run_id: str | None = None
+    cache_hit: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.manifest.get("counts", {})
+
+
+@dataclass
+class Tracking:
+    """Where the child run goes: which tracker, under which parent pipeline run."""
+
+    tracker: Tracker
+    parent_run_id: str | None = None
+    reuse: bool = True
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def cache_key(stage: Stage, config: StageConfig, seed: int, inputs: dict[str, StageInput]) -> str:
+    return sha256_json(
+        {
+            "stage": stage.name,
+            "config": config.model_dump(mode="json"),
+            "seed": seed,
+            "inputs": {name: item.digest for name, item in sorted(inputs.items())},
+            "code": code_hash(stage.module()),
+            "lock": lock_hash(),
+        }
+    )
+
+
+def check_invariant(stage: str, counts: dict[str, int]) -> None:
+    """Document stages lose nothing: every record in is kept, removed or quarantined."""
+    expected = counts.get("in")
+    total = counts.get("kept", 0) + counts.get("removed", 0) + counts.get("quarantined", 0)
+    if expected != total:
+        raise StageError(
+            f"{stage}: record invariant broken: in={expected} but kept+removed+quarantined={total} ({counts})"
+        )
+    log.info("%s: in=%d = kept %d + removed %d + quarantined %d", stage, expected,
+             counts.get("kept", 0), counts.get("removed", 0), counts.get("quarantined", 0))
+
+
+def build_manifest(
+    stage: Stage, config: StageConfig, seed: int, inputs: dict[str, StageInput], key: str,
+    result: StageResult, output_dir: Path, started: float,
+) -> dict[str, Any]:
+    return {
+        "stage": stage.name,
+        "config": config.model_dump(mode="json"),
+        "seed": seed,
+        "cache_key": key,
+        "inputs": {
+            name: {"path": str(item.path), "digest": item.digest, "run_id": item.run_id}
+            for name, item in sorted(inputs.items())
+        },
+        "upstream_run_ids": sorted({item.run_id for item in inputs.values() if item.run_id}),
+        "outputs": tree_digests(output_dir, exclude=frozenset({MANIFEST})),
+        "named_outputs": result.outputs,
+        "counts": result.counts,
+        "metrics": result.metrics,
+        "details": result.details,
+        "code_hash": code_hash(stage.module()),
+        "lock_hash": lock_hash(),
+        "versions": library_versions(),
+        "hardware": hardware(),
+        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "duration_s": round(time.time() - started, 3),
+    }
+
+
+def execute_stage(
+    stage: Stage,
+    config: StageConfig,
+    inputs: dict[str, StageInput],
+    output_dir: Path,
+    *,
+    seed: int = 0,
+    tracking: Tracking | None = None,
+    ray_address: str | None = None,
+    ray_num_cpus: float | None = None,
+) -> StageRun:
+    started = time.time()
+    inputs = {**stage.config_inputs(config, seed), **inputs}
+    key = cache_key(stage, config, seed, inputs)
+
+    if tracking is not None and tracking.reuse:
+        cached = tracking.tracker.find_cached(stage.name, key)
+        if cached is not None:
+            path = tracking.tracker.artifacts_path(cached)
+            log.info("%s: cache hit, reusing run %s", stage.name, cached)
+            return StageRun(stage.name, path, read_manifest(path), run_id=cached, cache_hit=True,
+                            duration_s=time.time() - started)
+
+    run_id = None
+    if tracking is not None:
+        tags = {TAG_STAGE: stage.name, TAG_CACHE_KEY: key, **tracking.extra_tags}
+        if tracking.parent_run_id:
+            tags[TAG_PIPELINE] = tracking.parent_run_id
+        run_id = tracking.tracker.start_run(stage.name, tags, parent_run_id=tracking.parent_run_id)
+        tracking.tracker.log_params(run_id, config.model_dump(mode="json"))
+
+    try:
+        with atomic_output_dir(output_dir) as tmp:
+            ctx = StageContext(
+                stage=stage.name, config=config, inputs=inputs, output_dir=tmp, seed=seed,
+                run_id=run_id, tracker=tracking.tracker if tracking else None,
+                ray_address=ray_address, ray_num_cpus=ray_num_cpus,
+                log=logging.getLogger(f"lmforge.stages.{stage.name}"),
+            )
+            result = stage.run(ctx)
+            if stage.document_stage:
+                check_invariant(stage.name, result.counts)
+            manifest = build_manifest(stage, config, seed, inputs, key, result, tmp, started)
+            write_manifest(tmp, manifest)
+        if tracking is not None and run_id is not None:
+            tracker = tracking.tracker
+            tracker.log_metrics(run_id, {**{f"count.{k}": v for k, v in result.counts.items()}, **result.metrics})
+            tracker.log_metrics(run_id, {"duration_s": manifest["duration_s"]})
+            tracker.log_artifacts(run_id, output_dir)
+            tracker.set_tags(run_id, {TAG_COMPLETE: "true"})
+            tracker.finish(run_id)
+    except BaseException as exc:
+        if tracking is not None and run_id is not None:
+            message = str(exc) if isinstance(exc, LmforgeError) else f"{type(exc).__name__}: {exc}"
+            tracking.tracker.fail(run_id, message or type(exc).__name__)
+        raise
+
+    if tracking is not None and run_id is not None:
+        # The tracked copy is the artifact; the work dir was only the staging area.
+        stored = tracking.tracker.artifacts_path(run_id)
+        if stored.resolve() != Path(output_dir).resolve():
+            shutil.rmtree(output_dir, ignore_errors=True)
+            output_dir = stored
+    return StageRun(stage.name, Path(output_dir), manifest, run_id=run_id, cache_hit=False,
+                    duration_s=time.time() - started)
+
+
+def input_from_path(name: str, path: Path, run_id: str | None = None) -> StageInput:
+    """Resolve a local input, digesting its content (manifest digests when it has one)."""
+    path = Path(path).resolve()
+    if not path.exists():
+        raise StageError(f"input {name!r}: {path} does not exist")
+    if path.is_dir() and (path / MANIFEST).exists():
+        digest = sha256_json(read_manifest(path)["outputs"])
+    else:
+        digest = sha256_json(tree_digests(path))
+    return StageInput(name=name, path=path, digest=digest, run_id=run_id)

@@ -1,0 +1,160 @@
+"""MLflow as the lineage store and the only stage cache.
+
+One experiment per pipeline config name, one parent run per pipeline run, one child
+run per stage run. A child run is tagged with its cache key and marked complete
+only after its outputs and manifest are logged, so a killed stage can never be
+mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from stages.core.configuration import flatten
+from stages.core.paths import lmforge_home
+
+TAG_STAGE = "lmforge.stage"
+TAG_CACHE_KEY = "lmforge.cache_key"
+TAG_COMPLETE = "lmforge.complete"
+TAG_PIPELINE = "lmforge.pipeline_run_id"
+TAG_ERROR = "lmforge.error"
+PARENT_TAG = "mlflow.parentRunId"
+_METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-./ ]")
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set (e.g. a team server), else SQLite under LMFORGE_HOME."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    home = lmforge_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def default_artifact_root() -> Path:
+    return lmforge_home() / "mlartifacts"
+
+
+def local_path_of(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and uri.startswith("/"):
+        return Path(uri)
+    return None
+
+
+class Tracker:
+    """Thin, explicit wrapper over ``MlflowClient`` (no fluent global run state:
+    Prefect tasks and Ray callbacks must never log into the wrong run)."""
+
+    def __init__(self, experiment: str, tracking_uri: str | None = None):
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.experiment_name = experiment
+        self.experiment_id = self._experiment(experiment)
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        artifact_location = None
+        if self.tracking_uri.startswith("sqlite:") or self.tracking_uri.startswith("file:"):
+            root = default_artifact_root()
+            root.mkdir(parents=True, exist_ok=True)
+            artifact_location = (root / name).as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:  # a concurrent creator won the race
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    # runs ---------------------------------------------------------------
+    def start_run(self, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+        tags = dict(tags)
+        if parent_run_id:
+            tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = [Param(key, _param_value(value)) for key, value in flatten(params).items()]
+        for start in range(0, len(flat), 100):
+            self.client.log_batch(run_id, params=flat[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(_METRIC_NAME.sub("_", key), float(value), now, step or 0)
+            for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[start : start + 500])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value)[:5000])
+
+    def log_artifacts(self, run_id: str, local_dir: Path) -> None:
+        self.client.log_artifacts(run_id, str(local_dir))
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def fail(self, run_id: str, message: str) -> None:
+        self.set_tags(run_id, {TAG_ERROR: message})
+        self.finish(run_id, "FAILED")
+
+    # cache and lineage --------------------------------------------------
+    def find_cached(self, stage: str, cache_key: str) -> str | None:
+        """The newest complete, finished run of ``stage`` with this cache key."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`{TAG_CACHE_KEY}` = '{cache_key}' and tags.`{TAG_STAGE}` = '{stage}' "
+                f"and tags.`{TAG_COMPLETE}` = 'true' and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def artifacts_path(self, run_id: str) -> Path:
+        """Local folder holding a run's artifacts (downloaded once if the store is remote)."""
+        uri = self.client.get_run(run_id).info.artifact_uri
+        local = local_path_of(uri)
+        if local is not None:
+            return local
+        dest = lmforge_home() / "cache" / "artifacts" / run_id
+        if not (dest / ".complete").exists():
+            from mlflow.artifacts import download_artifacts
+
+            dest.mkdir(parents=True, exist_ok=True)
+            download_artifacts(run_id=run_id, dst_path=str(dest), tracking_uri=self.tracking_uri)
+            (dest / ".complete").touch()
+        return dest
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+
+def _param_value(value: Any) -> str:
+    text = str(value) if not isinstance(value, (list, dict)) else repr(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
