@@ -1,0 +1,1 @@
+"""lmforge pipelines: Prefect flows that chain the stages, the CLI, and pipeline configs."""
