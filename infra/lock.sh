@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Re-freeze requirements.lock from pyproject.toml's pins in a scratch venv.
+# The lock is what setup installs and its hash is part of every stage's cache key.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"${PYTHON:-python3}" -m venv "$tmp/venv"
+"$tmp/venv/bin/pip" install -q --upgrade pip==25.3
+"$tmp/venv/bin/pip" install -q "torch==2.13.0"
+"$tmp/venv/bin/pip" install -q -e ".[test]"
+{
+  echo "# Frozen by infra/lock.sh from pyproject.toml; installed by infra/setup.sh."
+  "$tmp/venv/bin/pip" freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$/torch==\1/'
+} > requirements.lock
+echo "wrote requirements.lock ($(grep -vc '^#' requirements.lock) packages)"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install lmforge into .venv at the repo root, then fetch the demo corpus.
+#
+# torch==2.13.0 goes in first (a CPU build is served locally; an unpinned torch would
+# pull a multi-GB CUDA build), then the frozen requirements.lock, then the project
+# itself without dependencies. A second run with an unchanged lock file is a no-op.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+VENV=.venv
+LOCK=requirements.lock
+stamp="$VENV/.installed-$(sha256sum "$LOCK" pyproject.toml | sha256sum | cut -c1-16)"
+
+if [ ! -f "$stamp" ]; then
+  echo "[setup] installing into $VENV with $("$PYTHON" --version)" >&2
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+  pip install --upgrade "pip==25.3"
+  pip install "torch==2.13.0"
+  pip install -r "$LOCK"
+  pip install --no-deps --no-build-isolation -e .
+  rm -f "$VENV"/.installed-* && touch "$stamp"
+else
+  echo "[setup] $VENV is up to date with $LOCK" >&2
+fi
+
+PYTHON="$VENV/bin/python" bash infra/fetch_data.sh

@@ -1,0 +1,78 @@
+"""Shared fixtures: a throw-away LMFORGE_HOME per test, the real fetched corpus, and
+a Prefect server that the test session starts (through the CLI) and stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("LMFORGE_DATA_DIR", REPO / ".lmforge" / "data")).resolve()
+RAW = DATA_DIR / "raw"
+TINY = REPO / "pipelines" / "configs" / "tiny.yaml"
+LMFORGE = str(Path(sys.executable).parent / "lmforge")
+
+
+def require_corpus() -> None:
+    if not (RAW / "debian-handbook" / ".done").exists():
+        pytest.fail(f"demo corpus not fetched into {RAW}: run `bash infra/fetch_data.sh` (make test does)")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh LMFORGE_HOME (MLflow SQLite store, work dirs) reading the fetched corpus."""
+    path = tmp_path / "lmforge-home"
+    path.mkdir()
+    monkeypatch.setenv("LMFORGE_HOME", str(path))
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(DATA_DIR))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float = 900,
+            check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([LMFORGE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lmforge {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                             f"stderr:\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def last_json(stdout: str) -> dict:
+    lines = [line for line in stdout.strip().splitlines() if line.strip()]
+    assert lines, "no output on stdout"
+    return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A local Prefect server on a free port, started the way `lmforge ui`/`run` start it,
+    with its own home; stopped by `lmforge down` at the end of the session."""
+    home = tmp_path_factory.mktemp("prefect-session-home")
+    port = free_port()
+    env = {"LMFORGE_HOME": str(home), "LMFORGE_DATA_DIR": str(DATA_DIR)}
+    env.pop("PREFECT_API_URL", None)
+    code = (
+        "import sys; from pipelines.engines import ensure_prefect; "
+        f"s = ensure_prefect('127.0.0.1', {port}, None, 240); print(s.url)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, **env})
+    assert proc.returncode == 0, proc.stderr
+    url = proc.stdout.strip().splitlines()[-1]
+    yield {"url": url, "api": url + "/api", "port": port, "home": home}
+    subprocess.run([LMFORGE, "down"], env={**os.environ, **env}, capture_output=True, timeout=120)

@@ -1,0 +1,65 @@
+"""Config loading: YAML + --set, errors that name the field and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.config import DEFAULT_CONFIG, load_config
+from stages.core.configuration import apply_overrides, flatten
+from stages.core.errors import ConfigError
+from tests.conftest import TINY
+
+
+def test_demo_and_tiny_configs_load():
+    demo = load_config(DEFAULT_CONFIG)
+    tiny = load_config(TINY)
+    assert demo.pipeline.name == "demo" and tiny.pipeline.name == "tiny"
+    assert tiny.ingest.max_files_per_source is not None
+
+
+def test_set_overrides_parse_yaml_scalars():
+    cfg = load_config(TINY, ["ingest.task_mb=2.5", "pipeline.seed=7", "ingest.sources=[gutenberg]",
+                             "engines.ray.num_cpus=1"])
+    assert cfg.ingest.task_mb == 2.5 and cfg.pipeline.seed == 7
+    assert cfg.ingest.sources == ["gutenberg"] and cfg.engines.ray.num_cpus == 1
+
+
+def test_apply_overrides_creates_nested_sections_without_touching_input():
+    data = {"a": {"b": 1}}
+    merged = apply_overrides(data, ["a.c.d=x", "a.b=2"])
+    assert merged == {"a": {"b": 2, "c": {"d": "x"}}}
+    assert data == {"a": {"b": 1}}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ingest.max_mb=3", "unknown key 'ingest.max_mb'; allowed: data_dir"),
+        ("ingest.output_format=csv", "'ingest.output_format' ('csv'): Input should be 'parquet' or 'jsonl'"),
+        ("ingest.sources=[nope]", "unknown source(s) ['nope']; allowed: debian-handbook"),
+        ("pipeline.retries=-1", "'pipeline.retries' (-1)"),
+        ("engines.executor=k8s", "Input should be 'inline'"),
+        ("nonsense.x=1", "unknown key 'nonsense'; allowed: pipeline, engines, ingest"),
+        ("dedup.threshold=0.5", "not implemented yet"),
+        ("ingest.task_mb", "--set expects section.field=value"),
+        ("ingest.task_mb.x=1", "is a value, not a section"),
+    ],
+)
+def test_bad_overrides_name_the_field(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, [override])
+    assert message in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_bad_yaml_file_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pipeline: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_flatten_gives_dotted_params():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": [1, 2], "d": None}
