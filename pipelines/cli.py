@@ -90,7 +90,7 @@ def _run_flow(cfg, until: Optional[str], config_path: Optional[Path]) -> dict[st
     prefect = cfg.engines.prefect
     server = ensure_prefect(prefect.host, prefect.port, prefect.api_url, prefect.startup_timeout_s)
     os.environ.update(prefect_env())
-    os.environ["PREFECT_API_URL"] = server.url.rstrip("/") + "/api" if not server.url.endswith("/api") else server.url
+    os.environ["PREFECT_API_URL"] = server.url.rstrip("/") + "/api"
     typer.echo(f"Prefect UI: {server.url}  (flow runs are kept there)", err=True)
 
     from pipelines.flow import pipeline_flow

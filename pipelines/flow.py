@@ -120,6 +120,10 @@ def pipeline_flow(config: dict[str, Any], until: str | None = None, config_path:
         "stages": dict(stage_runs),
         "cache_hits": [n for n, info in results.items() if info["cache_hit"]],
     }
+    tracker.set_tags(parent, {
+        "lmforge.stage_runs": ",".join(f"{k}={v}" for k, v in stage_runs.items()),
+        "lmforge.cache_hits": ",".join(summary["cache_hits"]),
+    })
     tracker.log_metrics(parent, {"pipeline.duration_s": time.time() - started})
     create_markdown_artifact(
         key="lmforge-pipeline-summary",
