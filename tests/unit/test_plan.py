@@ -63,3 +63,22 @@ def test_batches_respect_the_size_budget():
     batches = batch_tasks(tasks, task_mb=0.05)
     assert [t for b in batches for t in b] == tasks
     assert all(len(b) == 1 or sum(t.size for t in b) <= 0.05e6 for b in batches)
+
+
+def test_fsspec_urls_are_listed_and_read():
+    import fsspec
+
+    from stages.ingest.stage import read_file
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/corpus/a.jsonl", b'{"id": "m1", "text": "from memory"}\n')
+    fs.pipe("/corpus/sub/b.txt", b"second file")
+    listed = expand_path("memory://corpus")
+    assert [(rel, size) for _, rel, size in listed] == [("a.jsonl", 36), ("sub/b.txt", 11)]
+    url = listed[1][0]
+    assert url.startswith("memory://")
+    from stages.ingest.extract import FileTask
+
+    assert read_file(FileTask("user", url, "sub/b.txt", "text", "x", None, 11), 100) == b"second file"
+    config = IngestConfig(sources=[], paths=["memory://corpus"])
+    assert plan_digest(plan_files(config, 0)) == plan_digest(plan_files(config, 0))
