@@ -13,6 +13,7 @@ from pydantic import Field
 
 from stages.core.configuration import StrictModel, apply_overrides, load_yaml, validate
 from stages.core.errors import ConfigError
+from stages.dedup.config import DedupConfig
 from stages.ingest.config import IngestConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -56,6 +57,7 @@ class PipelineConfig(StrictModel):
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
     engines: EnginesConfig = Field(default_factory=EnginesConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
 
     def stage_config(self, name: str) -> StrictModel:
         return getattr(self, name)

@@ -26,7 +26,7 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "filelock", "trafilatura", "htmldate", "charset_normalizer"):
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "filelock", "trafilatura", "htmldate", "charset_normalizer", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -18,6 +18,7 @@ STAGE_ORDER = (
 
 _IMPLEMENTATIONS = {
     "ingest": "stages.ingest.stage:IngestStage",
+    "dedup": "stages.dedup.stage:DedupStage",
 }
 
 

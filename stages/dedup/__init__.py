@@ -1,0 +1,1 @@
+"""dedup: exact, cross-corpus boilerplate and MinHash near-duplicate removal."""

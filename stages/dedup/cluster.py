@@ -1,0 +1,100 @@
+"""Candidate pairs from LSH buckets, verification, and clusters by union-find.
+
+Only integer document indices of candidate pairs are held here, never texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+class UnionFind:
+    """Disjoint sets over 0..n-1 with path halving and union by size."""
+
+    def __init__(self, n: int):
+        self.parent = np.arange(n, dtype=np.int64)
+        self.size = np.ones(n, dtype=np.int64)
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return int(x)
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
+
+    def roots(self) -> np.ndarray:
+        return np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
+
+
+def candidate_pairs(keys: np.ndarray, doc_index: np.ndarray, max_bucket: int = 50) -> np.ndarray:
+    """Pairs (i < j) of documents sharing a bucket in any band.
+
+    ``keys`` is [n, bands]; ``doc_index`` maps rows to global document indices. A
+    bucket of k documents yields all its pairs when k <= ``max_bucket``, else a star
+    around its smallest member (enough to connect it, linear instead of quadratic).
+    """
+    pairs: list[np.ndarray] = []
+    for band in range(keys.shape[1]):
+        column = keys[:, band]
+        order = np.lexsort((doc_index, column))
+        sorted_keys, sorted_docs = column[order], doc_index[order]
+        boundaries = np.flatnonzero(np.diff(sorted_keys)) + 1
+        starts = np.concatenate([[0], boundaries])
+        ends = np.concatenate([boundaries, [len(sorted_keys)]])
+        multi = np.flatnonzero(ends - starts > 1)
+        for s, e in zip(starts[multi], ends[multi]):
+            members = sorted_docs[s:e]
+            if len(members) <= max_bucket:
+                i, j = np.triu_indices(len(members), k=1)
+                pairs.append(np.stack([members[i], members[j]], axis=1))
+            else:
+                pairs.append(np.stack([np.full(len(members) - 1, members[0]), members[1:]], axis=1))
+    if not pairs:
+        return np.empty((0, 2), dtype=np.int64)
+    return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two sorted arrays of distinct shingle hashes."""
+    if len(a) == 0 and len(b) == 0:
+        return 1.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
+
+
+def verify_pairs(pairs: np.ndarray, shingles_of: Callable[[int], np.ndarray], threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(pairs whose exact Jaccard >= threshold, their Jaccard values)."""
+    keep, values = [], []
+    for a, b in pairs:
+        value = jaccard(shingles_of(int(a)), shingles_of(int(b)))
+        if value >= threshold:
+            keep.append((a, b))
+            values.append(value)
+    return np.array(keep, dtype=np.int64).reshape(-1, 2), np.array(values, dtype=np.float64)
+
+
+def clusters(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Root index of each document's cluster (a document alone is its own root)."""
+    uf = UnionFind(n)
+    for a, b in pairs:
+        uf.union(int(a), int(b))
+    return uf.roots()
+
+
+def representatives(roots: np.ndarray, lengths: np.ndarray, ids: list[str]) -> np.ndarray:
+    """For each document, the index of its cluster's kept member: longest, then smallest id."""
+    best: dict[int, int] = {}
+    for i in sorted(range(len(ids)), key=lambda i: (-int(lengths[i]), ids[i])):
+        best.setdefault(int(roots[i]), i)
+    return np.array([best[int(root)] for root in roots], dtype=np.int64)
