@@ -13,7 +13,7 @@ class DedupConfig(StageConfig):
     exact: bool = Field(True, description="Drop copies equal after NFKC, case, punctuation and whitespace folding.")
     boilerplate: bool = Field(True, description="Strip units that recur across many documents before near-dedup.")
     boilerplate_unit: Literal["line", "paragraph"] = Field("line", description="What a boilerplate unit is.")
-    boilerplate_min_docs: int = Field(10, ge=2, description="A unit in at least this many documents is boilerplate.")
+    boilerplate_min_docs: int = Field(50, ge=2, description="A unit in at least this many documents is boilerplate.")
     boilerplate_min_chars: int = Field(15, ge=1, description="Shorter units are never judged boilerplate.")
     near: bool = Field(True, description="MinHash LSH near-duplicate removal.")
     shingle_unit: Literal["word", "char"] = Field("word", description="Shingles are word or character n-grams.")
