@@ -19,7 +19,7 @@ class DedupConfig(StageConfig):
     shingle_unit: Literal["word", "char"] = Field("word", description="Shingles are word or character n-grams.")
     shingle_size: int = Field(3, ge=1, le=32, description="n of the n-gram shingles.")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
-    threshold: float = Field(0.7, gt=0, lt=1, description="Jaccard similarity that makes a near duplicate.")
+    threshold: float = Field(0.6, gt=0, lt=1, description="Jaccard similarity that makes a near duplicate.")
     bands: Optional[int] = Field(None, ge=1, description="LSH bands; null = derived from threshold (datasketch's optimum).")
     rows: Optional[int] = Field(None, ge=1, description="LSH rows per band; set together with bands.")
     verify: bool = Field(True, description="Check candidate pairs' exact shingle Jaccard and drop false positives.")
