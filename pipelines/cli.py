@@ -44,7 +44,7 @@ def _fail(exc: LmforgeError) -> typer.Exit:
 
 def _emit(summary: dict[str, Any]) -> None:
     sys.stderr.flush()
-    typer.echo(json.dumps(summary, sort_keys=True))
+    typer.echo(json.dumps(summary))
 
 
 @app.command()

@@ -76,3 +76,18 @@ def prefect_server(tmp_path_factory):
     url = proc.stdout.strip().splitlines()[-1]
     yield {"url": url, "api": url + "/api", "port": port, "home": home}
     subprocess.run([LMFORGE, "down"], env={**os.environ, **env}, capture_output=True, timeout=120)
+
+
+def real_documents(sources: list[str], max_files: int, seed: int = 0) -> list[dict]:
+    """Real documents from the fetched corpus, through ingest's own extraction."""
+    from stages.ingest.config import IngestConfig
+    from stages.ingest.extract import extract
+    from stages.ingest.plan import plan_files
+
+    require_corpus()
+    config = IngestConfig(sources=sources, max_files_per_source=max_files, data_dir=str(DATA_DIR))
+    docs = []
+    for task in plan_files(config, seed):
+        with open(task.url, "rb") as handle:
+            docs += [d for d in extract(task, handle.read(), 10**7) if isinstance(d, dict)]
+    return docs

@@ -99,3 +99,28 @@ def test_a_failing_stage_fails_the_flow_with_its_own_message(home, prefect_serve
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     parent = client.get_run(summary["pipeline_run_id"])
     assert parent.info.status == "FAILED" and "matches no files" in parent.data.tags["lmforge.error"]
+
+
+def test_run_until_dedup_reads_ingest_by_run_id(home, prefect_server):
+    args = ["run", "--config", str(TINY), "--until", "dedup", "--set", f"engines.prefect.port={prefect_server['port']}"]
+    summary = last_json(run_cli(args).stdout)
+    assert list(summary["stages"]) == ["ingest", "dedup"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    dedup = client.get_run(summary["stages"]["dedup"])
+    assert dedup.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
+    client.download_artifacts(dedup.info.run_id, "manifest.json", dst_path=str(home))
+    manifest = json.loads((home / "manifest.json").read_text())
+    assert manifest["inputs"]["docs"]["run_id"] == summary["stages"]["ingest"]
+    assert manifest["upstream_run_ids"] == [summary["stages"]["ingest"]]
+    counts = manifest["counts"]
+    assert counts["in"] == counts["kept"] + counts["removed"] + counts["quarantined"]
+    ingest_kept = client.get_run(summary["stages"]["ingest"]).data.metrics["count.kept"]
+    assert counts["in"] == ingest_kept
+    assert dedup.data.metrics["exact_removed"] + dedup.data.metrics["near_removed"] > 0
+    artifacts = {a.path for a in client.list_artifacts(dedup.info.run_id)}
+    assert {"kept.jsonl", "removed.jsonl", "quarantined.jsonl", "dedup_clusters.png", "manifest.json"} <= artifacts
+
+    # change only dedup's config: ingest is reused, dedup recomputed
+    again = last_json(run_cli(args + ["--set", "dedup.threshold=0.8"]).stdout)
+    assert again["cache_hits"] == ["ingest"] and again["stages"]["ingest"] == summary["stages"]["ingest"]
+    assert again["stages"]["dedup"] != summary["stages"]["dedup"]
