@@ -15,6 +15,7 @@ from stages.core.configuration import StrictModel, apply_overrides, load_yaml, v
 from stages.core.errors import ConfigError
 from stages.dedup.config import DedupConfig
 from stages.ingest.config import IngestConfig
+from stages.quality.config import QualityConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -58,6 +59,7 @@ class PipelineConfig(StrictModel):
     engines: EnginesConfig = Field(default_factory=EnginesConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
     def stage_config(self, name: str) -> StrictModel:
         return getattr(self, name)

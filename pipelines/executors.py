@@ -58,6 +58,7 @@ class InlineExecutor:
             tracking=Tracking(self.tracker, parent_run_id=self.parent_run_id),
             ray_address=self.config.engines.ray.address,
             ray_num_cpus=self.config.engines.ray.num_cpus,
+            pipeline_name=self.config.pipeline.name,
         )
 
     def cached_run(self, name: str, stage_runs: dict[str, str]) -> tuple[str, str | None]:

@@ -30,7 +30,7 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def standalone_config(name: str, config_path: Optional[Path], overrides: list[str]) -> tuple[Any, int]:
+def standalone_config(name: str, config_path: Optional[Path], overrides: list[str]) -> tuple[Any, int, str]:
     """The stage's config section (from a pipeline YAML or defaults) with ``--set`` applied."""
     from stages.registry import get_stage
 
@@ -48,7 +48,8 @@ def standalone_config(name: str, config_path: Optional[Path], overrides: list[st
     section = data.get(name) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"section '{name}' must be a mapping of fields")
-    return validate(stage.config_model, section, prefix=f"{name}."), seed
+    pipeline_name = str(pipeline.get("name", "demo")) if isinstance(pipeline, dict) else "demo"
+    return validate(stage.config_model, section, prefix=f"{name}."), seed, pipeline_name
 
 
 def parse_inputs(items: list[str]) -> dict[str, list[str]]:
@@ -68,9 +69,10 @@ def run_standalone(name: str, inputs: list[str], output: Path, config_path: Opti
     from stages.registry import get_stage
 
     stage = get_stage(name)
-    config, seed = standalone_config(name, config_path, overrides)
+    config, seed, pipeline_name = standalone_config(name, config_path, overrides)
     config, resolved = stage.standalone_inputs(config, parse_inputs(inputs))
-    result = execute_stage(stage, config, resolved, output, seed=seed, ray_address=ray_address)
+    result = execute_stage(stage, config, resolved, output, seed=seed, ray_address=ray_address,
+                           pipeline_name=pipeline_name)
     outputs = {key: str(result.output_dir / rel) for key, rel in result.manifest.get("named_outputs", {}).items()}
     return {
         "stage": name,

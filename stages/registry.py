@@ -19,6 +19,7 @@ STAGE_ORDER = (
 _IMPLEMENTATIONS = {
     "ingest": "stages.ingest.stage:IngestStage",
     "dedup": "stages.dedup.stage:DedupStage",
+    "quality": "stages.quality.stage:QualityStage",
 }
 
 

@@ -43,6 +43,7 @@ class StageContext:
     tracker: Tracker | None = None
     ray_address: str | None = None
     ray_num_cpus: float | None = None
+    pipeline_name: str = "demo"
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("lmforge.stage"))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -68,6 +69,8 @@ class Stage:
     config_model: ClassVar[type[StageConfig]]
     # input name -> "upstream_stage:output_name"; the flow resolves these from upstream runs
     inputs: ClassVar[dict[str, str]] = {}
+    # inputs a standalone run may name (--input NAME=PATH) but the flow does not wire
+    optional_inputs: ClassVar[frozenset[str]] = frozenset()
     # document stages obey in = kept + removed + quarantined
     document_stage: ClassVar[bool] = False
 
@@ -82,9 +85,10 @@ class Stage:
         from stages.core.errors import ConfigError
         from stages.core.runner import input_from_path
 
-        unknown = sorted(set(paths) - set(self.inputs))
+        allowed = set(self.inputs) | set(self.optional_inputs)
+        unknown = sorted(set(paths) - allowed)
         if unknown:
-            raise ConfigError(f"{self.name} has no input {unknown}; inputs: {', '.join(self.inputs) or 'none'}")
+            raise ConfigError(f"{self.name} has no input {unknown}; inputs: {', '.join(sorted(allowed)) or 'none'}")
         missing = sorted(set(self.inputs) - set(paths))
         if missing:
             raise ConfigError(f"{self.name} needs --input for {missing}")
@@ -94,6 +98,11 @@ class Stage:
                 raise ConfigError(f"{self.name}: input '{name}' takes one path, got {len(items)}")
             resolved[name] = input_from_path(name, Path(items[0]))
         return config, resolved
+
+    def after_logged(self, tracker: Tracker, run_id: str, output_dir: Path, result: StageResult,
+                     pipeline_name: str) -> dict[str, str]:
+        """Runs once the outputs are MLflow artifacts (e.g. register a model); returns tags to set."""
+        return {}
 
     def run(self, ctx: StageContext) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError

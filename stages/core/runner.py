@@ -115,6 +115,7 @@ def execute_stage(
     tracking: Tracking | None = None,
     ray_address: str | None = None,
     ray_num_cpus: float | None = None,
+    pipeline_name: str = "demo",
 ) -> StageRun:
     started = time.time()
     inputs = {**stage.config_inputs(config, seed), **inputs}
@@ -141,7 +142,7 @@ def execute_stage(
             ctx = StageContext(
                 stage=stage.name, config=config, inputs=inputs, output_dir=tmp, seed=seed,
                 run_id=run_id, tracker=tracking.tracker if tracking else None,
-                ray_address=ray_address, ray_num_cpus=ray_num_cpus,
+                ray_address=ray_address, ray_num_cpus=ray_num_cpus, pipeline_name=pipeline_name,
                 log=logging.getLogger(f"lmforge.stages.{stage.name}"),
             )
             result = stage.run(ctx)
@@ -154,7 +155,8 @@ def execute_stage(
             tracker.log_metrics(run_id, {**{f"count.{k}": v for k, v in result.counts.items()}, **result.metrics})
             tracker.log_metrics(run_id, {"duration_s": manifest["duration_s"]})
             tracker.log_artifacts(run_id, output_dir)
-            tracker.set_tags(run_id, {TAG_COMPLETE: "true"})
+            extra = stage.after_logged(tracker, run_id, Path(output_dir), result, pipeline_name)
+            tracker.set_tags(run_id, {**extra, TAG_COMPLETE: "true"})
             tracker.finish(run_id)
     except BaseException as exc:
         if tracking is not None and run_id is not None:

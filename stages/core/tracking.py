@@ -158,3 +158,39 @@ class Tracker:
 def _param_value(value: Any) -> str:
     text = str(value) if not isinstance(value, (list, dict)) else repr(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def register_artifact(tracker: Tracker, name: str, run_id: str, artifact_path: str, alias: str) -> str:
+    """Register a run's artifact as a new version of ``name`` and point ``alias`` at it."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracker.client
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        pass  # exists already
+    source = f"{tracker.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = client.create_model_version(name, source, run_id=run_id)
+    client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+def find_registered(name: str, alias: str, tracking_uri: str | None = None) -> Path | None:
+    """Local path of ``name@alias`` in the tracking store, or None (the store is not created)."""
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    local = local_path_of(version.source)
+    if local is not None:
+        return local
+    from mlflow.artifacts import download_artifacts
+
+    return Path(download_artifacts(artifact_uri=version.source, tracking_uri=uri))

@@ -1,0 +1,1 @@
+"""quality: PII masking, language ID, heuristic filters and a fastText quality classifier."""

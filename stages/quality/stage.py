@@ -1,0 +1,209 @@
+"""quality on Ray: (T) labeled examples gathered per shard and the classifier trained in
+the driver, single-threaded and seeded; (Q) every shard masked, language-tagged,
+filtered and scored by a Ray task that writes its kept/removed parts."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.docio import append_jsonl
+from stages.core.errors import StageError
+from stages.core.progress import stage_progress
+from stages.core.ray_runtime import ensure_ray
+from stages.core.shards import concatenate, iter_shard, read_shard, shard_input
+from stages.core.tracking import find_registered, register_artifact
+from stages.quality import classifier as clf
+from stages.quality.config import QualityConfig
+from stages.quality.core import SCORE_BINS, ShardStats, funnel_steps, process
+from stages.quality.plots import write_plots
+
+
+def registry_name(pipeline: str) -> str:
+    return f"lmforge-{pipeline}-quality"
+
+
+def task_examples(shard: str, cfg: QualityConfig) -> list[tuple[str, str, str]]:
+    """(split, label, classifier line) of each labeled document in the shard."""
+    out = []
+    for doc in iter_shard(Path(shard)):
+        labeled = clf.label_of(doc, cfg.classifier.rules)
+        if labeled:
+            label, split = labeled
+            out.append((split, label, clf.as_line(doc["text"], cfg.classifier.max_chars)))
+    return out
+
+
+def quality_shard(shard: str, index: int, cfg: QualityConfig, model_path: str | None) -> ShardStats:
+    import os
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    model = clf.load(Path(model_path)) if model_path else None
+    kept, removed, stats = process(read_shard(Path(shard)), cfg, model)
+    work = Path(shard).parent
+    for name, records in (("kept", kept), ("removed", removed)):
+        with open(work / f"{name}-{index:05d}.jsonl", "w", encoding="utf-8") as handle:
+            for record in records:
+                append_jsonl(handle, record)
+    if cfg.output_format == "parquet" and kept:
+        from stages.core.docio import write_parquet
+
+        write_parquet(work / f"kept-{index:05d}.parquet", kept)
+    return stats
+
+
+class QualityStage(Stage):
+    name = "quality"
+    config_model = QualityConfig
+    inputs = {"docs": "dedup:docs"}
+    optional_inputs = frozenset({"classifier"})
+    document_stage = True
+
+    def run(self, ctx: StageContext) -> StageResult:
+        import ray
+
+        cfg: QualityConfig = ctx.config  # type: ignore[assignment]
+        out = ctx.output_dir
+        work = out / "_work"
+        sharded = shard_input(ctx.inputs["docs"].path, work, cfg.shard_docs, cfg.max_doc_chars, out / "quarantined.jsonl")
+        shards = [str(s) for s in sharded.shards]
+        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
+        remote_opts = {"num_cpus": cfg.task_cpus, "max_retries": 3}
+        metrics: dict[str, float] = {}
+        details: dict[str, Any] = {}
+        model_path, source = self._classifier(ctx, cfg, shards, remote_opts, metrics, details)
+        if model_path is None:
+            message = ("quality: no quality classifier (none registered as "
+                       f"{registry_name(ctx.pipeline_name)}@latest, none given with --input classifier=PATH): "
+                       "running language ID and heuristics only")
+            ctx.log.warning(message)
+            details["classifier"] = "none: " + message
+        else:
+            details["classifier"] = source
+
+        started = time.time()
+        remote = ray.remote(quality_shard).options(**remote_opts)
+        refs = [remote.remote(s, i, cfg, str(model_path) if model_path else None) for i, s in enumerate(shards)]
+        stats = ShardStats()
+        with stage_progress("quality: filtering", total=len(refs), unit="shards") as advance:
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    stats.merge(ray.get(ref))
+                    advance(1)
+        metrics["time.filter_s"] = time.time() - started
+        metrics["docs_per_s"] = sharded.documents / max(metrics["time.filter_s"], 1e-9)
+        count = len(shards)
+        concatenate([work / f"removed-{i:05d}.jsonl" for i in range(count)], out / "removed.jsonl")
+        if cfg.output_format == "jsonl":
+            concatenate([work / f"kept-{i:05d}.jsonl" for i in range(count)], out / "kept.jsonl")
+        else:
+            (out / "kept").mkdir()
+            for i in range(count):
+                if (work / f"kept-{i:05d}.parquet").exists():
+                    (work / f"kept-{i:05d}.parquet").rename(out / "kept" / f"part-{i:05d}.parquet")
+        shutil.rmtree(work)
+
+        removed = sum(stats.removed.values())
+        kept = sharded.documents - removed
+        steps = funnel_steps(cfg, model_path is not None)
+        funnel = []
+        for step in steps:
+            funnel.append({"step": step, "docs_in": stats.docs_in[step], "chars_in": stats.chars_in[step],
+                           "docs_removed": stats.removed[step], "chars_removed": stats.removed_chars[step]})
+            metrics[f"funnel.{step}.docs_in"] = stats.docs_in[step]
+            metrics[f"funnel.{step}.removed"] = stats.removed[step]
+            metrics[f"funnel.{step}.chars_removed"] = stats.removed_chars[step]
+        for key, value in stats.pii.items():
+            metrics[f"pii.{key}"] = value
+        metrics["pii.emails"] = sum(v for k, v in stats.pii.items() if k.endswith(".emails"))
+        metrics["pii.ips"] = sum(v for k, v in stats.pii.items() if k.endswith(".ips"))
+        for lang, n in stats.langs.most_common(30):
+            metrics[f"lang.{lang}"] = n
+        metrics.update({"docs_in": sharded.documents, "kept": kept, "removed": removed,
+                        "chars_in": stats.chars_in["language"],
+                        "chars_kept": stats.chars_in["language"] - sum(stats.removed_chars.values())})
+        write_plots(out, funnel, stats.score_hist, stats.kept_score_hist, SCORE_BINS)
+        details.update({"funnel": funnel, "languages": dict(stats.langs.most_common()),
+                        "score_histogram": {"bins": SCORE_BINS.tolist(), "all": stats.score_hist.tolist(),
+                                            "kept": stats.kept_score_hist.tolist()}})
+        ctx.log.info("quality: %d in -> %d kept, %d removed (%s), %d quarantined; PII: %d e-mails, %d IPs",
+                     sharded.documents, kept, removed, dict(stats.removed.most_common(6)), sharded.quarantined,
+                     metrics["pii.emails"], metrics["pii.ips"])
+        outputs = {"docs": "kept.jsonl" if cfg.output_format == "jsonl" else "kept/", "removed": "removed.jsonl",
+                   "quarantined": "quarantined.jsonl", "plot": "quality.png"}
+        if (out / clf.MODEL_FILE).exists():
+            outputs["classifier"] = clf.MODEL_FILE
+        return StageResult(
+            counts={"in": sharded.documents + sharded.quarantined, "kept": kept, "removed": removed,
+                    "quarantined": sharded.quarantined},
+            metrics=metrics, details=details, outputs=outputs,
+        )
+
+    def _classifier(self, ctx: StageContext, cfg: QualityConfig, shards: list[str], opts: dict,
+                    metrics: dict[str, float], details: dict[str, Any]) -> tuple[Path | None, str]:
+        if "classifier" in ctx.inputs:
+            path = ctx.inputs["classifier"].path
+            path = path / clf.MODEL_FILE if path.is_dir() else path
+            return path, f"given: {path}"
+        mode = cfg.classifier.mode
+        if mode == "auto":
+            mode = "train" if ctx.tracker is not None else "registered"
+        if mode == "none":
+            return None, ""
+        if mode == "registered":
+            found = find_registered(registry_name(ctx.pipeline_name), "latest")
+            if found is None:
+                return None, ""
+            path = found / clf.MODEL_FILE if found.is_dir() else found
+            return path, f"registered: {registry_name(ctx.pipeline_name)}@latest"
+        return self._train(ctx, cfg, shards, opts, metrics, details), "trained in this run"
+
+    def _train(self, ctx: StageContext, cfg: QualityConfig, shards: list[str], opts: dict,
+               metrics: dict[str, float], details: dict[str, Any]) -> Path:
+        import ray
+
+        started = time.time()
+        remote = ray.remote(task_examples).options(**opts)
+        parts = ray.get([remote.remote(s, cfg) for s in shards])  # shard order: deterministic
+        examples = [e for part in parts for e in part]
+        counts = {f"{split}.{label}": sum(1 for s, lab, _ in examples if s == split and lab == label)
+                  for split in ("train", "test") for label in ("hq", "lq")}
+        details["classifier_examples"] = counts
+        short = {k: v for k, v in counts.items() if v < cfg.classifier.min_examples}
+        if short:
+            raise StageError(
+                f"quality: too few labeled documents to train the classifier {short} (need "
+                f"{cfg.classifier.min_examples} each; rules: quality.classifier.rules). Set "
+                "quality.classifier.mode=none or registered, or give --input classifier=PATH")
+        train = [(label, line) for split, label, line in examples if split == "train"]
+        model = clf.train(train, cfg.classifier, ctx.output_dir)
+        path = ctx.output_dir / clf.MODEL_FILE
+        model.save_model(str(path))
+        test = [(label, line) for split, label, line in examples if split == "test"]
+        y_true = np.array([1 if label == "hq" else 0 for label, _ in test])
+        y_score = clf.scores(model, [line for _, line in test])
+        evaluation = clf.evaluate(y_true, y_score)
+        details["classifier_eval"] = evaluation
+        metrics.update({f"classifier.{k}": v for k, v in evaluation.items()})
+        metrics["classifier.train_docs"] = len(train)
+        metrics["classifier.model_mb"] = path.stat().st_size / 1e6
+        metrics["time.classifier_s"] = time.time() - started
+        ctx.log.info("quality: classifier trained on %d docs; held-out (other sources) precision %.3f recall %.3f "
+                     "AUC %.3f; %.1f MB", len(train), evaluation["precision"], evaluation["recall"],
+                     evaluation["auc"], metrics["classifier.model_mb"])
+        return path
+
+    def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
+        if "classifier" not in result.outputs or result.details.get("classifier") != "trained in this run":
+            return {}
+        version = register_artifact(tracker, registry_name(pipeline_name), run_id, clf.MODEL_FILE, "latest")
+        return {"lmforge.registered_model": f"{registry_name(pipeline_name)}/{version}"}
+
+
