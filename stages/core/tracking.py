@@ -171,7 +171,8 @@ def register_artifact(tracker: Tracker, name: str, run_id: str, artifact_path: s
         pass  # exists already
     source = f"{tracker.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
     version = client.create_model_version(name, source, run_id=run_id)
-    client.set_registered_model_alias(name, alias, version.version)
+    if alias.lower() != "latest":  # MLflow reserves "latest": it always means the newest version
+        client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
 
 
@@ -185,7 +186,14 @@ def find_registered(name: str, alias: str, tracking_uri: str | None = None) -> P
 
     client = MlflowClient(tracking_uri=uri)
     try:
-        version = client.get_model_version_by_alias(name, alias)
+        if alias.lower() == "latest":
+            versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"],
+                                                    max_results=1)
+            if not versions:
+                return None
+            version = versions[0]
+        else:
+            version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
     local = local_path_of(version.source)

@@ -35,7 +35,7 @@ def test_run_until_ingest_records_lineage_and_reuses_the_cached_stage(home, pref
     assert parent.data.tags["lmforge.prefect_flow_run_id"] == first["prefect_flow_run_id"]
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert child.data.tags["lmforge.complete"] == "true" and len(child.data.tags["lmforge.cache_key"]) == 64
-    assert child.data.params["max_files_per_source"] == "6"
+    assert child.data.params["max_mb_per_source"] == "0.4"
     assert child.data.metrics["count.kept"] > 1000 and child.data.metrics["extract_mb_per_s"] > 0
     assert parent.data.metrics["ingest.kept"] == child.data.metrics["count.kept"]
     experiment = client.get_experiment(parent.info.experiment_id)
@@ -79,7 +79,7 @@ def test_run_until_ingest_records_lineage_and_reuses_the_cached_stage(home, pref
     dry = run_cli(["run", "--config", str(TINY), "--until", "ingest", "--dry-run"])
     plan = last_json(dry.stdout)
     assert plan["cache_hits"] == ["ingest"] and plan["plan"]["ingest"]["cached_run_id"] == first["stages"]["ingest"]
-    assert "DAG: ingest" in dry.stdout and "max_files_per_source: 6" in dry.stdout
+    assert "DAG: ingest" in dry.stdout and "max_mb_per_source: 0.4" in dry.stdout
     assert len(client.search_runs([parent.info.experiment_id], "tags.`lmforge.kind` = 'pipeline'")) == 3
 
 

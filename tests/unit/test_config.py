@@ -14,7 +14,7 @@ def test_demo_and_tiny_configs_load():
     demo = load_config(DEFAULT_CONFIG)
     tiny = load_config(TINY)
     assert demo.pipeline.name == "demo" and tiny.pipeline.name == "tiny"
-    assert tiny.ingest.max_files_per_source is not None
+    assert tiny.ingest.max_mb_per_source == 0.4 and tiny.ingest.source_mb["linux-doc"] == 1.2
 
 
 def test_set_overrides_parse_yaml_scalars():
