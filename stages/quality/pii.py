@@ -15,7 +15,7 @@ EMAIL_PLACEHOLDER = "email@example.com"
 IP_PLACEHOLDER = "192.0.2.1"  # RFC 5737 documentation address
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b")
-_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")  # a sentence's final "." is fine
 
 
 def _public_ip(match: re.Match) -> str:

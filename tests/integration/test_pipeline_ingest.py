@@ -101,26 +101,46 @@ def test_a_failing_stage_fails_the_flow_with_its_own_message(home, prefect_serve
     assert parent.info.status == "FAILED" and "matches no files" in parent.data.tags["lmforge.error"]
 
 
-def test_run_until_dedup_reads_ingest_by_run_id(home, prefect_server):
-    args = ["run", "--config", str(TINY), "--until", "dedup", "--set", f"engines.prefect.port={prefect_server['port']}"]
+def test_run_until_quality_chains_stages_by_run_id(home, prefect_server, tmp_path):
+    args = ["run", "--config", str(TINY), "--until", "quality",
+            "--set", f"engines.prefect.port={prefect_server['port']}"]
     summary = last_json(run_cli(args).stdout)
-    assert list(summary["stages"]) == ["ingest", "dedup"]
+    assert list(summary["stages"]) == ["ingest", "dedup", "quality"]
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    manifests = {}
+    for stage in ("dedup", "quality"):
+        run = client.get_run(summary["stages"][stage])
+        assert run.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
+        client.download_artifacts(run.info.run_id, "manifest.json", dst_path=str(tmp_path / stage))
+        manifests[stage] = json.loads((tmp_path / stage / "manifest.json").read_text())
+    assert manifests["dedup"]["inputs"]["docs"]["run_id"] == summary["stages"]["ingest"]
+    assert manifests["quality"]["upstream_run_ids"] == [summary["stages"]["dedup"]]
+    for manifest in manifests.values():
+        counts = manifest["counts"]
+        assert counts["in"] == counts["kept"] + counts["removed"] + counts["quarantined"]
+    assert manifests["quality"]["counts"]["in"] == manifests["dedup"]["counts"]["kept"]
     dedup = client.get_run(summary["stages"]["dedup"])
-    assert dedup.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
-    client.download_artifacts(dedup.info.run_id, "manifest.json", dst_path=str(home))
-    manifest = json.loads((home / "manifest.json").read_text())
-    assert manifest["inputs"]["docs"]["run_id"] == summary["stages"]["ingest"]
-    assert manifest["upstream_run_ids"] == [summary["stages"]["ingest"]]
-    counts = manifest["counts"]
-    assert counts["in"] == counts["kept"] + counts["removed"] + counts["quarantined"]
-    ingest_kept = client.get_run(summary["stages"]["ingest"]).data.metrics["count.kept"]
-    assert counts["in"] == ingest_kept
     assert dedup.data.metrics["exact_removed"] + dedup.data.metrics["near_removed"] > 0
-    artifacts = {a.path for a in client.list_artifacts(dedup.info.run_id)}
-    assert {"kept.jsonl", "removed.jsonl", "quarantined.jsonl", "dedup_clusters.png", "manifest.json"} <= artifacts
+    assert {"kept.jsonl", "removed.jsonl", "dedup_clusters.png"} <= {a.path for a in client.list_artifacts(dedup.info.run_id)}
 
-    # change only dedup's config: ingest is reused, dedup recomputed
-    again = last_json(run_cli(args + ["--set", "dedup.threshold=0.8"]).stdout)
-    assert again["cache_hits"] == ["ingest"] and again["stages"]["ingest"] == summary["stages"]["ingest"]
-    assert again["stages"]["dedup"] != summary["stages"]["dedup"]
+    quality = client.get_run(summary["stages"]["quality"])
+    assert quality.data.metrics["classifier.auc"] > 0.7
+    assert quality.data.metrics["funnel.min_words.removed"] > 0 and quality.data.metrics["pii.emails"] > 0
+    assert {"quality_classifier.bin", "quality.png", "kept.jsonl"} <= {a.path for a in client.list_artifacts(quality.info.run_id)}
+    versions = client.search_model_versions("name = 'lmforge-tiny-quality'")
+    assert [v.run_id for v in versions] == [quality.info.run_id]
+
+    # only quality's config changes: ingest and dedup are reused
+    again = last_json(run_cli(args + ["--set", "quality.classifier.keep_threshold=0.2"]).stdout)
+    assert again["cache_hits"] == ["ingest", "dedup"]
+    assert again["stages"]["quality"] != summary["stages"]["quality"]
+
+    # standalone quality picks up the registered classifier from the same store
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": "d1", "text": "A line of text that is far too short."}) + "\n")
+    out = tmp_path / "standalone"
+    run_cli(["stage", "quality", "--input", str(docs), "--output", str(out), "--config", str(TINY)])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["details"]["classifier"] == "registered: lmforge-tiny-quality@latest"
+    removed = [json.loads(line) for line in (out / "removed.jsonl").read_text().splitlines()]
+    assert removed[0]["quality_score"] is not None and removed[0]["lang"] == "en"
