@@ -40,12 +40,12 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def demo_ingest(port: int) -> dict:
+def demo_ingest(port: int, until: str = "ingest") -> dict:
     home = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     env = {**os.environ, "LMFORGE_HOME": str(home),
            "LMFORGE_DATA_DIR": os.environ.get("LMFORGE_DATA_DIR", str(REPO / ".lmforge" / "data"))}
     cmd = [str(Path(sys.executable).parent / "lmforge"), "run", "--config", "pipelines/configs/demo.yaml",
-           "--until", "ingest", "--set", f"engines.prefect.port={port}"]
+           "--until", until, "--set", f"engines.prefect.port={port}"]
     started = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     ps = psutil.Process(proc.pid)
@@ -62,7 +62,14 @@ def demo_ingest(port: int) -> dict:
 
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     metrics = client.get_run(summary["stages"]["ingest"]).data.metrics
+    funnel = {}
+    for stage, run_id in summary["stages"].items():
+        m = client.get_run(run_id).data.metrics
+        funnel[stage] = {"docs_out": int(m.get("count.kept", 0)), "duration_s": round(m.get("duration_s", 0), 1),
+                         "mb_out": round((m.get("text_mb") or m.get("chars_kept", 0) / 1e6), 1)}
     return {
+        "until": until,
+        "funnel": funnel,
         "wall_s": round(wall, 1),
         "peak_tree_rss_mb": round(peak / 2**20),
         "docs": int(metrics["count.kept"]),
@@ -115,6 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--until", default="ingest", help="last stage of the demo run (e.g. quality)")
+    parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
 
     from pipelines.engines import ensure_prefect, stop_started
@@ -140,17 +149,19 @@ def main() -> None:
     home = os.environ["LMFORGE_HOME"]
     try:
         if not args.skip_demo:
-            results["demo_ingest"] = demo_ingest(port)
-        results["overhead"] = overhead(args.repeats, server.url + "/api")
+            results["demo_run"] = demo_ingest(port, args.until)
+        if not args.skip_overhead:
+            results["overhead"] = overhead(args.repeats, server.url + "/api")
     finally:
         stop.set()
         thread.join()
         results["prefect_server"]["peak_rss_mb"] = round(sampler_peak[0] / 2**20)
         os.environ["LMFORGE_HOME"] = home
         stop_started()
-        import ray
+        if "ray" in sys.modules:
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
     from stages.core.environment import hardware
 
     results["hardware"] = hardware()
