@@ -40,7 +40,7 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def demo_ingest(port: int, until: str = "ingest") -> dict:
+def demo_run(port: int, until: str = "ingest") -> dict:
     home = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     env = {**os.environ, "LMFORGE_HOME": str(home),
            "LMFORGE_DATA_DIR": os.environ.get("LMFORGE_DATA_DIR", str(REPO / ".lmforge" / "data"))}
@@ -149,7 +149,7 @@ def main() -> None:
     home = os.environ["LMFORGE_HOME"]
     try:
         if not args.skip_demo:
-            results["demo_run"] = demo_ingest(port, args.until)
+            results["demo_run"] = demo_run(port, args.until)
         if not args.skip_overhead:
             results["overhead"] = overhead(args.repeats, server.url + "/api")
     finally:

@@ -64,7 +64,6 @@ def run(
     setup_logging(verbose)
     try:
         from pipelines.config import load_config
-        from pipelines.dag import stages_to_run  # noqa: F401 - no Prefect import before its settings
 
         cfg = load_config(config, set_)
         if dry_run:

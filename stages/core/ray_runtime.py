@@ -39,3 +39,22 @@ def _memory_bytes() -> int:
     import psutil
 
     return psutil.virtual_memory().total
+
+
+def run_tasks(label: str, fn, args_list: list[tuple], options: dict) -> list:
+    """Run ``fn`` as one Ray task per argument tuple, with progress; results in input order."""
+    import ray
+
+    from stages.core.progress import stage_progress
+
+    remote = ray.remote(fn).options(**options)
+    refs = [remote.remote(*args) for args in args_list]
+    results: dict = {}
+    with stage_progress(label, total=len(refs), unit="shards") as advance:
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                results[ref] = ray.get(ref)
+                advance(1)
+    return [results[ref] for ref in refs]

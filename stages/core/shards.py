@@ -86,3 +86,17 @@ def concatenate(parts: list[Path], dest: Path) -> None:
                 with open(part, "rb") as handle:
                     shutil.copyfileobj(handle, out, 1 << 20)
                 part.unlink()
+
+
+def assemble_outputs(out: Path, work: Path, count: int, fmt: str) -> None:
+    """Join per-shard ``removed-NNNNN.jsonl`` and ``kept-NNNNN.{jsonl,parquet}`` parts into
+    the document-stage outputs, in shard order."""
+    concatenate([work / f"removed-{i:05d}.jsonl" for i in range(count)], out / "removed.jsonl")
+    if fmt == "jsonl":
+        concatenate([work / f"kept-{i:05d}.jsonl" for i in range(count)], out / "kept.jsonl")
+        return
+    (out / "kept").mkdir()
+    for i in range(count):
+        part = work / f"kept-{i:05d}.parquet"
+        if part.exists():
+            part.rename(out / "kept" / f"part-{i:05d}.parquet")

@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from stages.core.contract import Stage, StageContext, StageResult
-from stages.core.docio import append_jsonl
-from stages.core.progress import stage_progress
-from stages.core.ray_runtime import ensure_ray
-from stages.core.shards import concatenate, iter_shard, read_shard, shard_input
+from stages.core.docio import append_jsonl, write_parquet
+from stages.core.ray_runtime import ensure_ray, run_tasks
+from stages.core.shards import assemble_outputs, iter_shard, read_shard, shard_input
 from stages.dedup import core
 from stages.dedup.config import DedupConfig
 from stages.dedup.minhash import ShingleHasher, text_shingles
@@ -67,6 +66,7 @@ def task_shingles(work: str, index: int, rows: np.ndarray, cfg: DedupConfig) -> 
 def task_write(shard: str, index: int, status: np.ndarray, value: np.ndarray, dup_ids: dict[int, str],
                cluster_ids: list[str], cluster_sizes: np.ndarray, chars: np.ndarray, fmt: str) -> None:
     work = Path(shard).parent
+    kept_records: list[dict[str, Any]] = []  # only for Parquet output
     with open(work / STRIPPED.format(index), encoding="utf-8") as stripped_file, \
             open(work / f"kept-{index:05d}.jsonl", "w", encoding="utf-8") as kept, \
             open(work / f"removed-{index:05d}.jsonl", "w", encoding="utf-8") as removed:
@@ -76,7 +76,10 @@ def task_write(shard: str, index: int, status: np.ndarray, value: np.ndarray, du
                 doc["boilerplate_chars"] = int(chars[row])
                 doc["dup_cluster"] = cluster_ids[row]
                 doc["dup_cluster_size"] = int(cluster_sizes[row])
-                append_jsonl(kept, doc)
+                if fmt == "parquet":
+                    kept_records.append(doc)
+                else:
+                    append_jsonl(kept, doc)
             else:
                 reason = core.REASONS[int(status[row])]
                 v = float(value[row])
@@ -88,13 +91,8 @@ def task_write(shard: str, index: int, status: np.ndarray, value: np.ndarray, du
                     "duplicate_of": dup_ids.get(row),
                     "cluster_id": cluster_ids[row],
                 })
-    if fmt == "parquet":
-        from stages.core.docio import write_parquet
-        from stages.core.shards import read_shard as _read
-
-        records = _read(work / f"kept-{index:05d}.jsonl")
-        if records:
-            write_parquet(work / f"kept-{index:05d}.parquet", records)
+    if kept_records:
+        write_parquet(work / f"kept-{index:05d}.parquet", kept_records)
 
 
 class DedupStage(Stage):
@@ -122,18 +120,9 @@ class DedupStage(Stage):
 
         def run_pass(label: str, fn, args_list: list[tuple]) -> list[Any]:
             started = time.time()
-            remote = ray.remote(fn).options(**opts)
-            refs = [remote.remote(*args) for args in args_list]
-            results: dict[Any, Any] = {}
-            with stage_progress(f"dedup: {label}", total=len(refs), unit="shards") as advance:
-                pending = list(refs)
-                while pending:
-                    done, pending = ray.wait(pending, num_returns=1)
-                    for ref in done:
-                        results[ref] = ray.get(ref)
-                        advance(1)
+            results = run_tasks(f"dedup: {label}", fn, args_list, opts)
             timings[f"{label}_s"] = time.time() - started
-            return [results[ref] for ref in refs]
+            return results
 
         # A: exact
         exact = run_pass("exact", task_exact, [(s,) for s in shards])
@@ -195,7 +184,7 @@ class DedupStage(Stage):
             args.append((s, i, status, sl(decisions.value, i), dup_ids, cluster_ids, sl(cluster_sizes, i),
                          sl(chars, i), cfg.output_format))
         run_pass("write", task_write, args)
-        self._assemble(out, work, len(shards), cfg.output_format)
+        assemble_outputs(out, work, len(shards), cfg.output_format)
         shutil.rmtree(work)
 
         status = decisions.status
@@ -235,15 +224,3 @@ class DedupStage(Stage):
             outputs={"docs": kept_name, "removed": "removed.jsonl", "quarantined": "quarantined.jsonl",
                      "plot": "dedup_clusters.png"},
         )
-
-    @staticmethod
-    def _assemble(out: Path, work: Path, count: int, fmt: str) -> None:
-        concatenate([work / f"removed-{i:05d}.jsonl" for i in range(count)], out / "removed.jsonl")
-        if fmt == "jsonl":
-            concatenate([work / f"kept-{i:05d}.jsonl" for i in range(count)], out / "kept.jsonl")
-        else:
-            (out / "kept").mkdir()
-            for i in range(count):
-                part = work / f"kept-{i:05d}.parquet"
-                if part.exists():
-                    part.rename(out / "kept" / f"part-{i:05d}.parquet")

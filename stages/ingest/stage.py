@@ -15,6 +15,7 @@ from stages.core.contract import Stage, StageContext, StageInput, StageResult
 from stages.core.docio import Quarantined, append_jsonl, write_parquet
 from stages.core.progress import stage_progress
 from stages.core.ray_runtime import ensure_ray
+from stages.core.shards import concatenate
 from stages.ingest.config import IngestConfig
 from stages.ingest.extract import FileTask, extract
 from stages.ingest.plan import plan_digest, plan_files
@@ -184,19 +185,10 @@ class IngestStage(Stage):
     @staticmethod
     def _finish_outputs(out: Path, output_format: str) -> None:
         """Concatenate per-task quarantine parts (and JSONL shards) in shard order."""
-        parts = sorted((out / QUARANTINE_PARTS).glob("part-*.jsonl"))
-        with open(out / "quarantined.jsonl", "w", encoding="utf-8") as merged:
-            for part in parts:
-                merged.write(part.read_text(encoding="utf-8"))
-                part.unlink()
-        (out / QUARANTINE_PARTS).rmdir() if (out / QUARANTINE_PARTS).exists() else None
+        concatenate(sorted((out / QUARANTINE_PARTS).glob("part-*.jsonl")), out / "quarantined.jsonl")
+        if (out / QUARANTINE_PARTS).exists():
+            (out / QUARANTINE_PARTS).rmdir()
         (out / "removed.jsonl").write_text("", encoding="utf-8")
         if output_format == "jsonl":
-            shards = sorted((out / KEPT_DIR).glob("part-*.jsonl"))
-            with open(out / "kept.jsonl", "w", encoding="utf-8") as merged:
-                for shard in shards:
-                    with open(shard, encoding="utf-8") as handle:
-                        for line in handle:
-                            merged.write(line)
-                    shard.unlink()
+            concatenate(sorted((out / KEPT_DIR).glob("part-*.jsonl")), out / "kept.jsonl")
             (out / KEPT_DIR).rmdir()

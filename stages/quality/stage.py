@@ -14,9 +14,8 @@ import numpy as np
 from stages.core.contract import Stage, StageContext, StageResult
 from stages.core.docio import append_jsonl
 from stages.core.errors import StageError
-from stages.core.progress import stage_progress
-from stages.core.ray_runtime import ensure_ray
-from stages.core.shards import concatenate, iter_shard, read_shard, shard_input
+from stages.core.ray_runtime import ensure_ray, run_tasks
+from stages.core.shards import assemble_outputs, iter_shard, read_shard, shard_input
 from stages.core.tracking import find_registered, register_artifact
 from stages.quality import classifier as clf
 from stages.quality.config import QualityConfig
@@ -65,8 +64,6 @@ class QualityStage(Stage):
     document_stage = True
 
     def run(self, ctx: StageContext) -> StageResult:
-        import ray
-
         cfg: QualityConfig = ctx.config  # type: ignore[assignment]
         out = ctx.output_dir
         work = out / "_work"
@@ -87,27 +84,14 @@ class QualityStage(Stage):
             details["classifier"] = source
 
         started = time.time()
-        remote = ray.remote(quality_shard).options(**remote_opts)
-        refs = [remote.remote(s, i, cfg, str(model_path) if model_path else None) for i, s in enumerate(shards)]
         stats = ShardStats()
-        with stage_progress("quality: filtering", total=len(refs), unit="shards") as advance:
-            pending = list(refs)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    stats.merge(ray.get(ref))
-                    advance(1)
+        for shard_stats in run_tasks("quality: filtering", quality_shard,
+                                     [(s, i, cfg, str(model_path) if model_path else None)
+                                      for i, s in enumerate(shards)], remote_opts):
+            stats.merge(shard_stats)
         metrics["time.filter_s"] = time.time() - started
         metrics["docs_per_s"] = sharded.documents / max(metrics["time.filter_s"], 1e-9)
-        count = len(shards)
-        concatenate([work / f"removed-{i:05d}.jsonl" for i in range(count)], out / "removed.jsonl")
-        if cfg.output_format == "jsonl":
-            concatenate([work / f"kept-{i:05d}.jsonl" for i in range(count)], out / "kept.jsonl")
-        else:
-            (out / "kept").mkdir()
-            for i in range(count):
-                if (work / f"kept-{i:05d}.parquet").exists():
-                    (work / f"kept-{i:05d}.parquet").rename(out / "kept" / f"part-{i:05d}.parquet")
+        assemble_outputs(out, work, len(shards), cfg.output_format)
         shutil.rmtree(work)
 
         removed = sum(stats.removed.values())
