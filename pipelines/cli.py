@@ -43,6 +43,9 @@ def _fail(exc: LmforgeError) -> typer.Exit:
 
 
 def _emit(summary: dict[str, Any]) -> None:
+    from stages.core.ray_runtime import stop_ray
+
+    stop_ray()  # Ray forwards worker output late: stop it so the summary is the last line
     sys.stderr.flush()
     typer.echo(json.dumps(summary))
 

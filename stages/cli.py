@@ -106,6 +106,9 @@ def stage_command(
     except LmforgeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
+    from stages.core.ray_runtime import stop_ray
+
+    stop_ray()
     typer.echo(json.dumps(summary, sort_keys=True))
 
 

@@ -55,7 +55,10 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: float =
 def last_json(stdout: str) -> dict:
     lines = [line for line in stdout.strip().splitlines() if line.strip()]
     assert lines, "no output on stdout"
-    return json.loads(lines[-1])
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError:
+        raise AssertionError(f"the last stdout line is not the JSON summary:\n{stdout[-3000:]}") from None
 
 
 @pytest.fixture(scope="session")

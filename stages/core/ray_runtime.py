@@ -28,7 +28,10 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> Non
     log.info("starting local Ray with %d CPUs", cpus)
     ray.init(
         num_cpus=cpus,
-        include_dashboard=False,
+        # the dashboard serves Ray's state API, which Ray Train's placement-group cleaner
+        # polls (and which shows a person the tasks and actors); loopback only
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         # keep the object store modest: the machine is shared with training later
         object_store_memory=min(2 * 2**30, int(_memory_bytes() * 0.1)),
         **common,
@@ -58,3 +61,28 @@ def run_tasks(label: str, fn, args_list: list[tuple], options: dict) -> list:
                 results[ref] = ray.get(ref)
                 advance(1)
     return [results[ref] for ref in refs]
+
+
+def worker_stdout_to_stderr() -> None:
+    """In a Ray worker: send its stdout (Python and C level) where its stderr goes.
+
+    Ray forwards a worker's stdout to the driver's stdout, late and unordered; the CLI
+    promises that its stdout ends with one JSON summary line, so worker chatter (our
+    progress, DeepSpeed's op-build notes) belongs on stderr.
+    """
+    import sys
+
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+
+
+def stop_ray() -> None:
+    """Shut down this process's Ray (if any) so no late worker log line follows the summary."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -99,6 +100,9 @@ def save_check(model_dir: Path, probe: dict, live, path: Path) -> float:
 
 
 def train_worker(job: dict[str, Any]) -> None:
+    from stages.core.ray_runtime import worker_stdout_to_stderr
+
+    worker_stdout_to_stderr()
     import deepspeed
     import numpy as np
     import ray.train
@@ -172,7 +176,7 @@ def train_worker(job: dict[str, Any]) -> None:
               f"{cfg.distributed.zero_stage}, {'bf16' if bf16 else 'fp32'}, global batch {global_batch} x "
               f"{seq_len} tokens (micro {micro} x accum {accum} x {world}); {len(train)} train / {len(val)} val "
               f"sequences; peak {peak:.3f} TFLOP/s per worker ({peak_source}); starting at step {step}",
-              flush=True)
+              file=sys.stderr, flush=True)
 
     def to_device(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         out = {"input_ids": torch.from_numpy(batch["input_ids"]).to(device),
@@ -230,7 +234,7 @@ def train_worker(job: dict[str, Any]) -> None:
                             shutil.copy2(item, model_dir / item.name)
                     diff = save_check(model_dir, probe, live, Path(folder) / SAVE_CHECK)
                     logger.event(step, "saved", max_abs_logit_diff=diff)
-                    print(f"pretrain: saved model reloads with max |logit diff| {diff:.3g}", flush=True)
+                    print(f"pretrain: saved model reloads with max |logit diff| {diff:.3g}", file=sys.stderr, flush=True)
                 (Path(folder) / TRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in logger.history))
                 (Path(folder) / CHECKPOINT_MARKER).write_text(json.dumps(
                     {"step": step, "tag": tag, "world_size": world, "zero_stage": cfg.distributed.zero_stage,
@@ -269,7 +273,7 @@ def train_worker(job: dict[str, Any]) -> None:
             if rank == 0:
                 print(f"pretrain: step {step}/{cfg.max_steps} loss {loss_value:.4f} lr {metrics['lr']:.2e} "
                       f"{tokens_per_s:,.0f} tok/s" + (f" mfu {metrics['mfu']:.3f}" if "mfu" in metrics else ""),
-                      flush=True)
+                      file=sys.stderr, flush=True)
             window_start, window_steps = time.time(), 0
         if step % cfg.eval_every == 0 or last_step:
             evaluated_at_end = last_step
@@ -277,7 +281,7 @@ def train_worker(job: dict[str, Any]) -> None:
             logger.log(step, {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50))})
             if rank == 0:
                 print(f"pretrain: step {step} val_loss {val_loss:.4f} perplexity {math.exp(min(val_loss, 50)):.1f}",
-                      flush=True)
+                      file=sys.stderr, flush=True)
             window_start = time.time()
         if step % cfg.checkpoint_every == 0 and not last_step:
             save(final=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ class PretrainStage(Stage):
         from stages.tokenize.packed import PackedDataset
 
         cfg: PretrainConfig = ctx.config  # type: ignore[assignment]
+        # Ray Train's print patch tees every worker print into its logger: each line twice
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         tokens = ctx.inputs["tokens"].path
         train, val = PackedDataset(tokens, "train"), PackedDataset(tokens, "val")
         check_batch(cfg, train.seq_len)
