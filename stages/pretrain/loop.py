@@ -151,7 +151,10 @@ def train_worker(job: dict[str, Any]) -> None:
 
     # resume: the step counter, optimizer/scheduler state and the history come back
     step, history = 0, []
+    # Ray's own latest checkpoint (after a worker restart), else the one the driver found on disk
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and job.get("resume_from"):
+        checkpoint = Checkpoint.from_directory(job["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             marker = json.loads((Path(folder) / CHECKPOINT_MARKER).read_text())

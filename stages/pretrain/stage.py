@@ -65,7 +65,6 @@ class PretrainStage(Stage):
     def run(self, ctx: StageContext) -> StageResult:
         import ray
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train import Checkpoint
         from ray.train.torch import TorchTrainer
 
         from stages.tokenize.packed import PackedDataset
@@ -88,7 +87,8 @@ class PretrainStage(Stage):
         tracker = ctx.tracker
         job = {"config": cfg.model_dump(mode="json"), "tokens": str(tokens),
                "tokenizer": str(ctx.inputs["tokenizer"].path), "seed": ctx.seed, "run_id": ctx.run_id,
-               "tracking_uri": tracker.tracking_uri if tracker is not None else None}
+               "tracking_uri": tracker.tracking_uri if tracker is not None else None,
+               "resume_from": str(resume) if resume else None}
         trainer = TorchTrainer(
             train_worker, train_loop_config=job,
             scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=use_gpu,
@@ -97,7 +97,6 @@ class PretrainStage(Stage):
             run_config=RunConfig(name=run_name, storage_path=str(storage),
                                  failure_config=FailureConfig(max_failures=dist.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
-            resume_from_checkpoint=Checkpoint.from_directory(str(resume)) if resume else None,
         )
         result = trainer.fit()
         if result.error:
