@@ -36,18 +36,31 @@ def registry_name(pipeline: str) -> str:
 
 
 class TokenizerActor:
-    """Holds one tokenizer; encodes, splits, weights and packs one shard per call."""
+    """Holds one tokenizer; encodes, splits, weights and packs one shard per call.
 
-    def __init__(self, tokenizer_dir: str, cfg: TokenizeConfig, seed: int, meta: dict[str, Any]):
+    Started before the tokenizer exists (its process start overlaps BPE training in the
+    driver), then handed the tokenizer with ``load``.
+    """
+
+    def __init__(self, cfg: TokenizeConfig, seed: int):
         threads = str(max(1, math.floor(cfg.actor_cpus)))
         os.environ["RAYON_NUM_THREADS"] = threads  # before tokenizers starts its thread pool
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
-        self.tokenizer = bpe.load_fast(Path(tokenizer_dir))
-        self.encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
-        self.cfg, self.seed, self.meta = cfg, seed, meta
+        import tokenizers  # noqa: F401  (import cost paid while the driver trains BPE)
 
-    def run_shard(self, shard: str, index: int, out_dir: str) -> dict[str, Any]:
-        cfg, meta = self.cfg, self.meta
+        self.cfg, self.seed = cfg, seed
+        self.loaded: str | None = None
+
+    def load(self, tokenizer_dir: str, meta: dict[str, Any]) -> None:
+        if self.loaded != tokenizer_dir:  # also after a restart, which reruns only __init__
+            self.tokenizer = bpe.load_fast(Path(tokenizer_dir))
+            self.encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+            self.meta, self.loaded = meta, tokenizer_dir
+
+    def run_shard(self, shard: str, index: int, out_dir: str, tokenizer_dir: str,
+                  meta: dict[str, Any]) -> dict[str, Any]:
+        self.load(tokenizer_dir, meta)
+        cfg = self.cfg
         packers = {split: Packer(cfg.seq_len) for split in SPLITS}
         repeats: list[np.ndarray] = []  # extra copies of up-weighted docs, packed after the shard's own
         stats: dict[str, Any] = {"docs": Counter(), "chars": Counter(), "tokens_by_source": Counter(),
@@ -148,6 +161,12 @@ class TokenizeStage(Stage):
 
             raise StageError("tokenize: the input has no documents to tokenize")
 
+        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
+        cpus = ray.available_resources().get("CPU", 1.0)
+        n_actors = cfg.num_actors or max(1, min(len(shards), int(cpus // cfg.actor_cpus)))
+        actor_cls = ray.remote(TokenizerActor).options(num_cpus=cfg.actor_cpus, max_restarts=1, max_task_retries=2)
+        actors = [actor_cls.remote(cfg, ctx.seed) for _ in range(n_actors)]
+
         t0 = time.time()
         tok_dir = out / TOKENIZER_DIR
         if "tokenizer" in ctx.inputs:
@@ -160,15 +179,11 @@ class TokenizeStage(Stage):
         ids = bpe.special_ids(tok_dir)
         meta = {**ids, "digest": bpe.tokenizer_digest(tok_dir), "dtype": token_dtype(ids["vocab_size"]).str}
 
-        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
-        cpus = ray.available_resources().get("CPU", 1.0)
-        n_actors = cfg.num_actors or max(1, min(len(shards), int(cpus // cfg.actor_cpus)))
-        actor_cls = ray.remote(TokenizerActor).options(num_cpus=cfg.actor_cpus, max_restarts=1, max_task_retries=2)
-        actors = [actor_cls.remote(str(tok_dir), cfg, ctx.seed, meta) for _ in range(n_actors)]
-        pool = ActorPool(actors)
         t0 = time.time()
+        ray.get([actor.load.remote(str(tok_dir), meta) for actor in actors])
+        pool = ActorPool(actors)
         for i, shard in enumerate(shards):
-            pool.submit(lambda actor, args: actor.run_shard.remote(*args), (shard, i, str(tokens_dir)))
+            pool.submit(lambda actor, args: actor.run_shard.remote(*args), (shard, i, str(tokens_dir), str(tok_dir), meta))
         results = []
         with stage_progress(f"tokenize: {n_actors} actors", total=len(shards), unit="shards") as advance:
             while pool.has_next():
