@@ -49,9 +49,20 @@ class PrefectEngine(StrictModel):
     startup_timeout_s: float = Field(180.0, gt=0, description="How long to wait for a new server's health check.")
 
 
+class RayJobEngine(StrictModel):
+    address: str = Field("http://127.0.0.1:8265", description="Ray Jobs API (the head's dashboard) that ray-job submits to.")
+    python: Optional[str] = Field(None, description="Interpreter on the cluster that has lmforge installed; null = this "
+                                                    "one (a cluster on this machine).")
+    poll_s: float = Field(2.0, gt=0, description="How often job status and new log lines are fetched.")
+    submit_timeout_s: float = Field(120.0, gt=0, description="How long to retry while the head's job agent starts.")
+
+
 class EnginesConfig(StrictModel):
-    executor: Literal["inline"] = Field("inline", description="inline: stages run in the flow's process on local/attached Ray.")
+    executor: Literal["inline", "ray-job"] = Field(
+        "inline", description="inline: stages run in the flow's process on local/attached Ray; ray-job: each stage is "
+                              "submitted as `python -m stages ...` through the Ray Jobs API.")
     ray: RayEngine = Field(default_factory=RayEngine)
+    ray_job: RayJobEngine = Field(default_factory=RayJobEngine)
     mlflow: MlflowEngine = Field(default_factory=MlflowEngine)
     prefect: PrefectEngine = Field(default_factory=PrefectEngine)
 

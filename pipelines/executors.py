@@ -1,40 +1,34 @@
 """Executors: how a Prefect task gets a stage run.
 
 ``inline`` (the embedded default) runs the stage in the flow's own process, fanning
-out over local (or attached) Ray. Inputs always come from the upstream stage *runs*
-of the same pipeline run, by MLflow run id, never from registry aliases.
+out over local (or attached) Ray. ``ray-job`` submits ``python -m stages NAME ...
+--parent-run ... --upstream ...`` through the Ray Jobs API, streams the job's log into
+the task's log and reads the result back from MLflow. Either way inputs come from the
+upstream stage *runs* of the same pipeline run, by MLflow run id, never from aliases.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import shlex
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from pipelines.config import PipelineConfig
 from stages.core.contract import Stage, StageInput
-from stages.core.digests import sha256_json
+from stages.core.lineage import upstream_input
 from stages.core.errors import StageError
 from stages.core.manifest import read_manifest
-from stages.core.paths import work_root
+from stages.core.paths import data_dir, lmforge_home, work_root
 from stages.core.runner import StageRun, Tracking, cache_key, execute_stage
 from stages.core.tracking import Tracker
 from stages.registry import get_stage
-
-
-def upstream_input(tracker: Tracker, name: str, spec: str, stage_runs: dict[str, str]) -> StageInput:
-    """Resolve ``"upstream_stage:output"`` to the local output of that stage's run."""
-    upstream, _, output = spec.partition(":")
-    run_id = stage_runs.get(upstream)
-    if run_id is None:
-        raise StageError(f"input '{name}' needs stage '{upstream}', which has not run in this pipeline run")
-    root = tracker.artifacts_path(run_id)
-    manifest = read_manifest(root)
-    rel = manifest["named_outputs"].get(output)
-    if rel is None:
-        raise StageError(f"run {run_id} of '{upstream}' has no output '{output}'")
-    prefix = rel.rstrip("/")
-    digests = {k: v for k, v in manifest["outputs"].items() if k == prefix or k.startswith(prefix + "/")}
-    return StageInput(name=name, path=root / rel, digest=sha256_json(sorted(digests.items())), run_id=run_id)
 
 
 @dataclass
@@ -69,3 +63,99 @@ class InlineExecutor:
         inputs = {**stage.config_inputs(config, seed), **self.inputs_for(stage, stage_runs)}
         key = cache_key(stage, config, seed, inputs)
         return key, self.tracker.find_cached(name, key)
+
+
+@dataclass
+class RayJobExecutor:
+    """One Ray job per stage: the same entry point a person runs by hand, on the cluster."""
+
+    config: PipelineConfig
+    tracker: Tracker
+    parent_run_id: str
+    log: Callable[[str], None] = field(default=print)
+
+    def entrypoint(self, name: str, stage_runs: dict[str, str], output: Path) -> str:
+        stage = get_stage(name)
+        python = self.config.engines.ray_job.python or sys.executable
+        upstream = sorted({spec.partition(":")[0] for spec in stage.inputs.values()})
+        args = [python, "-m", "stages", name, "--config", "pipeline.yaml", "--output", str(output),
+                "--parent-run", self.parent_run_id]
+        for up in upstream:
+            if up not in stage_runs:
+                raise StageError(f"{name} needs stage '{up}', which has not run in this pipeline run")
+            args += ["--upstream", f"{up}={stage_runs[up]}"]
+        return " ".join(shlex.quote(a) for a in args)
+
+    def run(self, name: str, stage_runs: dict[str, str]) -> StageRun:
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        engine = self.config.engines.ray_job
+        job_dir = work_root() / self.parent_run_id / f"{name}-job"
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "pipeline.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        output = work_root() / self.parent_run_id / name
+        env = {"MLFLOW_TRACKING_URI": self.tracker.tracking_uri, "LMFORGE_HOME": str(lmforge_home()),
+               "LMFORGE_DATA_DIR": str(data_dir()), "PYTHONUNBUFFERED": "1"}
+        use_cluster_token()
+        client = JobSubmissionClient(engine.address)
+        started = time.time()
+        submit = dict(
+            entrypoint=self.entrypoint(name, stage_runs, output),
+            submission_id=f"lmforge-{name}-{uuid.uuid4().hex[:10]}",
+            runtime_env={"working_dir": str(job_dir), "env_vars": env},
+            metadata={"lmforge.stage": name, "lmforge.pipeline_run_id": self.parent_run_id},
+        )
+        deadline = time.time() + engine.submit_timeout_s
+        while True:
+            try:
+                job_id = client.submit_job(**submit)
+                break
+            except RuntimeError as exc:  # a fresh head's job agent comes up a little after its dashboard
+                if "No available agent" not in str(exc) or time.time() > deadline:
+                    raise
+                time.sleep(2)
+        self.log(f"{name}: submitted Ray job {job_id} to {engine.address}")
+        seen = 0
+        terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+        while True:
+            status = client.get_job_status(job_id)
+            logs = client.get_job_logs(job_id)
+            for line in logs[seen:].splitlines():
+                if line.strip():
+                    self.log(f"[{job_id}] {line}")
+            seen = len(logs)
+            if status in terminal:
+                break
+            time.sleep(engine.poll_s)
+        if status != JobStatus.SUCCEEDED:
+            tail = "\n".join(logs.strip().splitlines()[-15:])
+            raise StageError(f"{name}: Ray job {job_id} {status.value}:\n{tail}")
+        summary = _last_json(logs)
+        if summary is None or not summary.get("run_id"):
+            raise StageError(f"{name}: Ray job {job_id} succeeded but printed no summary line with a run id")
+        root = self.tracker.artifacts_path(summary["run_id"])
+        return StageRun(name, root, read_manifest(root), run_id=summary["run_id"],
+                        cache_hit=bool(summary.get("cache_hit")), duration_s=time.time() - started)
+
+
+def use_cluster_token() -> None:
+    """Ray 2.60 clusters require a token by default; a Jobs client only sends the one on this
+    machine (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]) once token auth is switched on for it."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token auth
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _last_json(logs: str) -> dict | None:
+    for line in reversed(logs.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                return None
+    return None

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from pipelines.config import PipelineConfig, from_dict
-from pipelines.executors import InlineExecutor
+from pipelines.executors import InlineExecutor, RayJobExecutor
 from pipelines.dag import stages_to_run
 from stages.core.errors import LmforgeError, StageError
 from stages.core.tracking import Tracker
@@ -37,7 +37,10 @@ def run_stage(name: str, config: dict[str, Any], stage_runs: dict[str, str], par
     cfg = from_dict(config)
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
     try:
-        result = InlineExecutor(cfg, tracker, parent_run_id).run(name, stage_runs)
+        if cfg.engines.executor == "ray-job":
+            result = RayJobExecutor(cfg, tracker, parent_run_id, log=logger.info).run(name, stage_runs)
+        else:
+            result = InlineExecutor(cfg, tracker, parent_run_id).run(name, stage_runs)
     except LmforgeError:
         raise
     except Exception as exc:  # surface the stage's own error, not a framework traceback

@@ -63,19 +63,46 @@ def parse_inputs(items: list[str]) -> dict[str, list[str]]:
     return parsed
 
 
+def parse_upstream(items: list[str]) -> dict[str, str]:
+    """``STAGE=RUN_ID`` pairs naming the upstream runs a tracked run reads its inputs from."""
+    parsed = {}
+    for item in items:
+        stage, sep, run_id = item.partition("=")
+        if not sep or not stage or not run_id:
+            raise ConfigError(f"--upstream expects STAGE=MLFLOW_RUN_ID, got {item!r}")
+        parsed[stage] = run_id
+    return parsed
+
+
 def run_standalone(name: str, inputs: list[str], output: Path, config_path: Optional[Path],
-                   overrides: list[str], ray_address: Optional[str]) -> dict[str, Any]:
-    from stages.core.runner import execute_stage
+                   overrides: list[str], ray_address: Optional[str], parent_run: Optional[str] = None,
+                   upstream: Optional[list[str]] = None, tracking_uri: Optional[str] = None) -> dict[str, Any]:
+    from stages.core.runner import Tracking, execute_stage
     from stages.registry import get_stage
 
     stage = get_stage(name)
     config, seed, pipeline_name = standalone_config(name, config_path, overrides)
-    config, resolved = stage.standalone_inputs(config, parse_inputs(inputs))
+    tracking = None
+    if parent_run:
+        # a pipeline's stage run (the ray-job executor): inputs from upstream runs, tracked
+        from stages.core.lineage import upstream_input
+        from stages.core.tracking import Tracker
+
+        if inputs:
+            raise ConfigError("--parent-run takes its inputs from --upstream runs, not --input paths")
+        tracker = Tracker(pipeline_name, tracking_uri)
+        runs = parse_upstream(upstream or [])
+        resolved = {n: upstream_input(tracker, n, spec, runs) for n, spec in stage.inputs.items()}
+        tracking = Tracking(tracker, parent_run_id=parent_run)
+    else:
+        config, resolved = stage.standalone_inputs(config, parse_inputs(inputs))
     result = execute_stage(stage, config, resolved, output, seed=seed, ray_address=ray_address,
-                           pipeline_name=pipeline_name)
+                           pipeline_name=pipeline_name, tracking=tracking)
     outputs = {key: str(result.output_dir / rel) for key, rel in result.manifest.get("named_outputs", {}).items()}
     return {
         "stage": name,
+        "run_id": result.run_id,
+        "cache_hit": result.cache_hit,
         "output": str(result.output_dir),
         "counts": result.counts,
         "outputs": outputs,
@@ -92,6 +119,9 @@ def stage_command(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline YAML to take this stage's section from.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a field: STAGE.field=value (YAML scalar). Repeatable.")] = [],  # noqa: B006
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to use instead of a local one.")] = None,
+    parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run as a stage of this MLflow pipeline run (tracked, cached, inputs from --upstream runs); what the ray-job executor submits.")] = None,
+    upstream: Annotated[list[str], typer.Option("--upstream", help="STAGE=MLFLOW_RUN_ID of an upstream stage run (with --parent-run). Repeatable.")] = [],  # noqa: B006
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow store for --parent-run (default: SQLite under LMFORGE_HOME).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run one stage on plain files, with no Prefect and no server.
@@ -102,7 +132,7 @@ def stage_command(
     """
     setup_logging(verbose)
     try:
-        summary = run_standalone(name, input, output, config, set_, ray_address)
+        summary = run_standalone(name, input, output, config, set_, ray_address, parent_run, upstream, tracking_uri)
     except LmforgeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None

@@ -13,7 +13,8 @@ from stages.core.contract import StageConfig
 # Llama-architecture sizes. "cpu-tiny" trains on 2 CPU cores in minutes; the GPU sizes
 # are the documented path to ~1B parameters with DeepSpeed ZeRO (bench/pretrain_gpu.py).
 PRESETS: dict[str, dict[str, int]] = {
-    "cpu-tiny": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=768),
+    "cpu-tiny": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=384),
+    "cpu-small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=768),
     "cpu-micro": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192),
     "gpu-125m": dict(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12, intermediate_size=2048),
     "gpu-350m": dict(hidden_size=1024, num_layers=24, num_heads=16, num_kv_heads=8, intermediate_size=2816),
@@ -22,7 +23,7 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 class ModelConfig(StrictModel):
-    preset: Literal["cpu-tiny", "cpu-micro", "gpu-125m", "gpu-350m", "gpu-1b", "custom"] = Field(
+    preset: Literal["cpu-tiny", "cpu-small", "cpu-micro", "gpu-125m", "gpu-350m", "gpu-1b", "custom"] = Field(
         "cpu-tiny", description="A named size; 'custom' uses the fields below.")
     hidden_size: Optional[int] = Field(None, ge=8, description="Overrides the preset.")
     num_layers: Optional[int] = Field(None, ge=1)
@@ -79,9 +80,9 @@ class PretrainConfig(StageConfig):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
-    global_batch_tokens: int = Field(16_384, ge=1, description="Tokens per optimizer step, across all ranks.")
+    global_batch_tokens: int = Field(8192, ge=1, description="Tokens per optimizer step, across all ranks.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward pass on one rank.")
-    max_steps: int = Field(300, ge=1, description="Optimizer steps.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
     document_mask: bool = Field(True, description="Reset positions and keep attention inside each document.")
     eval_every: int = Field(50, ge=1, description="Validation loss every N steps (and at the end).")
     eval_sequences: int = Field(256, ge=1, description="Validation sequences per evaluation (at most the split).")
