@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.core.configuration import apply_overrides, validate  # noqa: E402
+from stages.core.ray_runtime import stop_ray  # noqa: E402
 from stages.core.runner import execute_stage, input_from_path  # noqa: E402
 from stages.pretrain.config import PretrainConfig  # noqa: E402
 from stages.pretrain.stage import PretrainStage  # noqa: E402
@@ -85,6 +86,7 @@ def main() -> None:
     for r in range(args.repeats):
         bare = bare_loop(cfg, args.tokens / "tokens", args.steps, seed=r)
         run = execute_stage(PretrainStage(), cfg, dict(inputs), work / f"out{r}", seed=r)
+        stop_ray()  # the baseline must not share the cores with an idle Ray cluster
         history = [json.loads(x) for x in (work / f"out{r}" / "train_log.jsonl").read_text().splitlines()]
         steady = [h for h in history if "tokens_per_s" in h and h["step"] > 1]
         stage_tps = sum(h["tokens_per_s"] for h in steady) / len(steady)

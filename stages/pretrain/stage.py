@@ -72,6 +72,12 @@ class PretrainStage(Stage):
         cfg: PretrainConfig = ctx.config  # type: ignore[assignment]
         # Ray Train's print patch tees every worker print into its logger: each line twice
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+        if not ctx.ray_address:
+            # a local cluster on a few cores: Ray Train's pollers compete with the one worker
+            # for CPU; no spot preemption to watch, and a 5 s health check is plenty
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "5")
+            os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")  # Prometheus export nobody scrapes here
         tokens = ctx.inputs["tokens"].path
         train, val = PackedDataset(tokens, "train"), PackedDataset(tokens, "val")
         check_batch(cfg, train.seq_len)

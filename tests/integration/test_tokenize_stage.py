@@ -76,3 +76,21 @@ def test_standalone_tokenize_packs_exactly_the_documents(home, tmp_path):
     assert set(metrics["token_share"]) == {d["source"] for d in docs}
     assert abs(sum(metrics["token_share"].values()) - 1) < 1e-9
     assert metrics["val_unigram_entropy_nats"] > 3
+
+
+def test_an_existing_tokenizer_folder_is_used_instead_of_training(home, tmp_path):
+    docs = real_documents(["python-doc-rst"], 4)
+    path = tmp_path / "docs.jsonl"
+    _write(path, docs)
+    first = tmp_path / "first"
+    run_cli(["stage", "tokenize", "--input", str(path), "--output", str(first),
+             "--set", "tokenize.tokenizer.vocab_size=700", "--set", "tokenize.seq_len=32"])
+    again = tmp_path / "again"
+    run_cli(["stage", "tokenize", "--input", str(path), "--output", str(again), "--set", "tokenize.seq_len=32",
+             "--set", f"tokenize.tokenizer.path={first / 'tokenizer'}"])
+    a = json.loads((first / "manifest.json").read_text())["details"]
+    b = json.loads((again / "manifest.json").read_text())
+    assert a["tokenizer"] == "trained in this run" and b["details"]["tokenizer"].startswith("given:")
+    assert b["details"]["tokenizer_sha256"] == a["tokenizer_sha256"] and b["details"]["vocab_size"] == 700
+    assert b["inputs"]["tokenizer"]["digest"]  # the given folder's digest is part of the cache key
+    assert b["details"]["tokens"] == a["tokens"]
