@@ -107,14 +107,15 @@ class PretrainStage(Stage):
         result = trainer.fit()
         if result.error:
             raise StageError(f"pretrain: training failed: {result.error}")
-        final = Path(result.checkpoint.path)
-        marker = json.loads((final / CHECKPOINT_MARKER).read_text())
-        if not marker.get("final"):
-            raise StageError(f"pretrain: the last checkpoint ({final}) is not the final model")
         out = ctx.output_dir
-        shutil.copytree(final / MODEL_DIR, out / MODEL_DIR)
-        shutil.copy2(final / TRAIN_LOG, out / TRAIN_LOG)
-        shutil.copy2(final / SAVE_CHECK, out / SAVE_CHECK)
+        with result.checkpoint.as_directory() as folder:  # local path, or downloaded from remote storage
+            final = Path(folder)
+            marker = json.loads((final / CHECKPOINT_MARKER).read_text())
+            if not marker.get("final"):
+                raise StageError(f"pretrain: the last checkpoint ({result.checkpoint.path}) is not the final model")
+            shutil.copytree(final / MODEL_DIR, out / MODEL_DIR)
+            shutil.copy2(final / TRAIN_LOG, out / TRAIN_LOG)
+            shutil.copy2(final / SAVE_CHECK, out / SAVE_CHECK)
         history = [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
         stats_path = Path(tokens) / "stats.json"
         unigram = json.loads(stats_path.read_text()).get("val_unigram_entropy_nats") if stats_path.exists() else None
