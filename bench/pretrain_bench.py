@@ -31,7 +31,7 @@ def bare_loop(cfg: PretrainConfig, tokens: Path, steps: int, seed: int) -> float
     """tokens/s of plain PyTorch: no Ray, no DeepSpeed, same work per step."""
     import torch
 
-    from stages.pretrain.loop import lr_lambda
+    from stages.pretrain.loop import make_optimizer
     from stages.pretrain.model import build_model
     from stages.pretrain.sampler import StepSampler
     from stages.tokenize.packed import PackedDataset
@@ -42,12 +42,7 @@ def bare_loop(cfg: PretrainConfig, tokens: Path, steps: int, seed: int) -> float
     micro = cfg.micro_batch_size
     accum = global_batch // micro
     model = build_model(cfg.model, train.vocab_size, train.seq_len, train.pad_id, train.header.eos_id, seed)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.optim.lr,
-                            betas=(cfg.optim.beta1, cfg.optim.beta2), foreach=False)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.optim.warmup_steps, steps, cfg.optim.min_lr_ratio))
+    opt, sched = make_optimizer(model, cfg.optim, steps)
     sampler = StepSampler(len(train), global_batch, seed)
     model.train()
     started = None

@@ -36,6 +36,21 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
     return factor
 
 
+def make_optimizer(model, optim, max_steps: int):
+    """AdamW (no weight decay on norms and biases) with warmup + cosine: the same for the
+    stage and for the bare-loop baseline in bench/pretrain_bench.py."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=optim.lr, betas=(optim.beta1, optim.beta2), fused=False, foreach=False)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim.warmup_steps, max_steps,
+                                                                       optim.min_lr_ratio))
+    return optimizer, scheduler
+
+
 def deepspeed_config(cfg, micro: int, accum: int, bf16: bool) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": cfg.distributed.zero_stage}
     if cfg.distributed.zero_stage == 3:
@@ -138,13 +153,7 @@ def train_worker(job: dict[str, Any]) -> None:
     n_params = count_parameters(model)
     dims = cfg.model.dims()
     flops_token = flops_per_token(n_params, dims["num_layers"], dims["hidden_size"], seq_len)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=False, foreach=False)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.min_lr_ratio))
+    optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.max_steps)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg, micro, accum, bf16))
@@ -196,6 +205,7 @@ def train_worker(job: dict[str, Any]) -> None:
         return float(value)
 
     def evaluate() -> float:
+        """Validation loss over equal shares on every rank, logged at the current step."""
         engine.eval()
         total = torch.zeros(2, dtype=torch.float64, device=device)
         with torch.no_grad():
@@ -207,7 +217,12 @@ def train_worker(job: dict[str, Any]) -> None:
         if world > 1:
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
         engine.train()
-        return float(total[0] / total[1])
+        val_loss = float(total[0] / total[1])
+        logger.log(step, {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50))})
+        if rank == 0:
+            print(f"pretrain: step {step} val_loss {val_loss:.4f} perplexity {math.exp(min(val_loss, 50)):.1f}",
+                  file=sys.stderr, flush=True)
+        return val_loss
 
     def save(final: bool) -> None:
         state = None
@@ -280,16 +295,11 @@ def train_worker(job: dict[str, Any]) -> None:
             window_start, window_steps = time.time(), 0
         if step % cfg.eval_every == 0 or last_step:
             evaluated_at_end = last_step
-            val_loss = evaluate()
-            logger.log(step, {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50))})
-            if rank == 0:
-                print(f"pretrain: step {step} val_loss {val_loss:.4f} perplexity {math.exp(min(val_loss, 50)):.1f}",
-                      file=sys.stderr, flush=True)
+            evaluate()
             window_start = time.time()
         if step % cfg.checkpoint_every == 0 and not last_step:
             save(final=False)
             window_start = time.time()
     if not evaluated_at_end:
-        val_loss = evaluate()  # resumed at the very end: still report the final figures
-        logger.log(step, {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 50))})
+        evaluate()  # resumed at the very end: still report the final figures
     save(final=True)

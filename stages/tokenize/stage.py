@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from stages.core.contract import Stage, StageContext, StageInput, StageResult
+from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
 from stages.core.shards import iter_shard, shard_input
 from stages.core.tracking import register_artifact
@@ -33,6 +34,18 @@ TOKENIZER_DIR = "tokenizer"
 
 def registry_name(pipeline: str) -> str:
     return f"lmforge-{pipeline}-tokenizer"
+
+
+def write_rows(prefix: Path, packed, real_tokens: int, split: str, seq_len: int, meta: dict[str, Any]) -> int:
+    """Write a packed split's whole rows as one ``.bin``/``.idx`` shard; returns the row count."""
+    rows = packed.tokens.size // seq_len
+    if rows:
+        header = ShardHeader(dtype=meta["dtype"], vocab_size=meta["vocab_size"], seq_len=seq_len,
+                             tokenizer_sha256=meta["digest"], num_sequences=rows,
+                             num_documents=int(packed.doc_ends.size), real_tokens=real_tokens,
+                             pad_id=meta["pad"], eos_id=meta["eos"], split=split)
+        write_shard(prefix, packed.tokens, packed.doc_ends, header)
+    return rows
 
 
 class TokenizerActor:
@@ -67,15 +80,10 @@ class TokenizerActor:
                                  "text_tokens": Counter(),
                                  "tokens": Counter(), "unigram_val": np.zeros(meta["vocab_size"], np.int64),
                                  "dropped_by_mixture": 0}
-        started = time.time()
-        encode_s = 0.0
         batch: list[dict[str, Any]] = []
 
         def flush() -> None:
-            nonlocal encode_s
-            t = time.time()
             encoded = self.encode([d["text"] for d in batch], add_special_tokens=False)
-            encode_s += time.time() - t
             for doc, enc in zip(batch, encoded):
                 ids = np.fromiter(enc.ids, dtype=np.int64, count=len(enc.ids))
                 tokens = np.append(ids, meta["eos"])
@@ -113,17 +121,9 @@ class TokenizerActor:
         tails = {}
         for split, packer in packers.items():
             packed = packer.finish()
-            rows = packed.tokens.size // cfg.seq_len
-            if rows:
-                header = ShardHeader(dtype=meta["dtype"], vocab_size=meta["vocab_size"], seq_len=cfg.seq_len,
-                                     tokenizer_sha256=meta["digest"], num_sequences=rows,
-                                     num_documents=int(packed.doc_ends.size), real_tokens=int(packed.tokens.size),
-                                     pad_id=meta["pad"], eos_id=meta["eos"], split=split)
-                write_shard(Path(out_dir) / f"{split}-{index:05d}", packed.tokens, packed.doc_ends, header)
+            stats[f"rows.{split}"] = write_rows(Path(out_dir) / f"{split}-{index:05d}", packed,
+                                                int(packed.tokens.size), split, cfg.seq_len, meta)
             tails[split] = (packed.tail.astype(np.uint32), packed.tail_doc_ends)
-            stats[f"rows.{split}"] = rows
-        stats["encode_s"] = encode_s
-        stats["wall_s"] = time.time() - started
         stats["tails"] = tails
         return stats
 
@@ -157,8 +157,6 @@ class TokenizeStage(Stage):
                               out / "quarantined.jsonl")
         shards = [str(s) for s in sharded.shards]
         if not shards:
-            from stages.core.errors import StageError
-
             raise StageError("tokenize: the input has no documents to tokenize")
 
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
@@ -199,19 +197,10 @@ class TokenizeStage(Stage):
             for r in results:
                 packer.add_run(*r["tails"][split])
             packed = packer.finish(pad_to_full_row=ids["pad"])
-            real = packer.size
-            rows = packed.tokens.size // cfg.seq_len
-            if rows:
-                header = ShardHeader(dtype=meta["dtype"], vocab_size=ids["vocab_size"], seq_len=cfg.seq_len,
-                                     tokenizer_sha256=meta["digest"], num_sequences=rows,
-                                     num_documents=int(packed.doc_ends.size), real_tokens=real,
-                                     pad_id=ids["pad"], eos_id=ids["eos"], split=split)
-                write_shard(tokens_dir / f"{split}-tail", packed.tokens, packed.doc_ends, header)
-            totals["rows"][split] += rows
+            totals["rows"][split] += write_rows(tokens_dir / f"{split}-tail", packed, packer.size, split,
+                                                cfg.seq_len, meta)
         shutil.rmtree(work)
         if totals["rows"]["train"] == 0:
-            from stages.core.errors import StageError
-
             raise StageError(f"tokenize: no training tokens (validation_fraction={cfg.validation_fraction}, "
                              f"mixture={cfg.mixture})")
 
@@ -260,7 +249,7 @@ class TokenizeStage(Stage):
         p = counts[counts > 0] / max(counts.sum(), 1)
         entropy = float(-(p * np.log(p)).sum()) if p.size else 0.0
         share = {s: n / max(train_tokens, 1) for s, n in sorted(totals["tokens_by_source"].items())}
-        # tokens/s of the encode step across actors, and of the whole actor phase (wall)
+        # tokens/s over the whole actor phase (read, encode, pack, write), not the encode call alone
         metrics = {
             "docs_in": documents, "train_docs": totals["docs"]["train"], "val_docs": totals["docs"]["val"],
             "train_tokens": train_tokens, "val_tokens": val_tokens, "train_sequences": totals["rows"]["train"],
