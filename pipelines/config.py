@@ -13,6 +13,7 @@ from pydantic import Field
 
 from stages.core.configuration import StrictModel, apply_overrides, load_yaml, validate
 from stages.core.errors import ConfigError
+from stages.align_data.config import AlignDataConfig
 from stages.dedup.config import DedupConfig
 from stages.ingest.config import IngestConfig
 from stages.quality.config import QualityConfig
@@ -75,6 +76,7 @@ class PipelineConfig(StrictModel):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    align_data: AlignDataConfig = Field(default_factory=AlignDataConfig)
 
     def stage_config(self, name: str) -> StrictModel:
         return getattr(self, name)

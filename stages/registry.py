@@ -22,6 +22,7 @@ _IMPLEMENTATIONS = {
     "quality": "stages.quality.stage:QualityStage",
     "tokenize": "stages.tokenize.stage:TokenizeStage",
     "pretrain": "stages.pretrain.stage:PretrainStage",
+    "align_data": "stages.align_data.stage:AlignDataStage",
 }
 
 

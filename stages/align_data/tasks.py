@@ -45,7 +45,8 @@ def _bare(word: str) -> str:
 class Family:
     name: str
 
-    def make(self, sentence: str, source_id: str, rng: random.Random, lang: str = "en") -> Example | None:
+    def make(self, sentence: str, source_id: str, rng: random.Random, lang: str = "en",
+             label: str | None = None) -> Example | None:
         raise NotImplementedError
 
     def check(self, example: Example, response: str) -> bool:
@@ -58,7 +59,7 @@ class Family:
 class ReverseWords(Family):
     name = "reverse_words"
 
-    def make(self, sentence, source_id, rng, lang="en"):
+    def make(self, sentence, source_id, rng, lang="en", label=None):
         w = words(sentence)
         if not 3 <= len(w) <= 12:
             return None
@@ -73,7 +74,7 @@ class ReverseWords(Family):
 class NthWord(Family):
     name = "nth_word"
 
-    def make(self, sentence, source_id, rng, lang="en"):
+    def make(self, sentence, source_id, rng, lang="en", label=None):
         w = [x for x in words(sentence) if _bare(x)]
         if not 3 <= len(w) <= 12:
             return None
@@ -93,7 +94,7 @@ class NthWord(Family):
 class CountWords(Family):
     name = "count_words"
 
-    def make(self, sentence, source_id, rng, lang="en"):
+    def make(self, sentence, source_id, rng, lang="en", label=None):
         w = words(sentence)
         if not 2 <= len(w) <= 15:
             return None
@@ -110,7 +111,7 @@ class CountWords(Family):
 class Uppercase(Family):
     name = "uppercase"
 
-    def make(self, sentence, source_id, rng, lang="en"):
+    def make(self, sentence, source_id, rng, lang="en", label=None):
         w = words(sentence)
         if not 2 <= len(w) <= 12 or sentence.upper() == sentence:
             return None
@@ -126,7 +127,7 @@ class Uppercase(Family):
 class Language(Family):
     name = "language"
 
-    def make(self, sentence, source_id, rng, lang="en"):
+    def make(self, sentence, source_id, rng, lang="en", label=None):
         if lang not in LANGUAGE_NAMES or not 4 <= len(words(sentence)) <= 30:
             return None
         return Example(self.name, f"Which language is this text in? {sentence}", LANGUAGE_NAMES[lang], source_id)
@@ -138,7 +139,51 @@ class Language(Family):
         return rng.choice(sorted(n for n in LANGUAGE_NAMES.values() if n != example.answer))
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (ReverseWords(), NthWord(), CountWords(), Uppercase(), Language())}
+QUESTION_TYPES = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "person",
+                  "LOC": "location", "NUM": "number"}
+
+
+class QuestionType(Family):
+    """TREC's human labels: what kind of thing does the question ask for?"""
+
+    name = "question_type"
+
+    def make(self, sentence, source_id, rng, lang="en", label=None):
+        if label not in QUESTION_TYPES:
+            return None
+        return Example(self.name, f"What type of answer does this question ask for? {sentence}",
+                       QUESTION_TYPES[label], source_id)
+
+    def check(self, example, response):
+        return _bare(response.split()[0]) == example.answer if response.split() else False
+
+    def reject(self, example, rng):
+        return rng.choice(sorted(v for v in QUESTION_TYPES.values() if v != example.answer))
+
+
+class Sentiment(Family):
+    """Human sentiment ratings (VADER ground truth): which of two snippets reads more positive?
+
+    ``make`` takes the two snippets joined by a newline and the rating gap's sign as label
+    ("A" when the first is more positive)."""
+
+    name = "sentiment"
+
+    def make(self, sentence, source_id, rng, lang="en", label=None):
+        first, _, second = sentence.partition("\n")
+        if label not in ("A", "B") or not first or not second:
+            return None
+        return Example(self.name, f"Which text is more positive, A or B?\nA: {first}\nB: {second}", label, source_id)
+
+    def check(self, example, response):
+        return _bare(response.split()[0]).upper() == example.answer if response.split() else False
+
+    def reject(self, example, rng):
+        return "B" if example.answer == "A" else "A"
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (ReverseWords(), NthWord(), CountWords(), Uppercase(), Language(),
+                                                   QuestionType(), Sentiment())}
 
 
 def majority_baseline(examples: list[Example]) -> dict[str, float]:

@@ -16,6 +16,13 @@ SENTENCES = [
     ("ru", "Большинство параметров можно изменить позже."),
     ("fr", "La plupart des options peuvent être modifiées plus tard."),
 ]
+# families that need a human label besides the sentence: (sentence, label)
+LABELLED = {
+    "question_type": [("Where is the Eiffel Tower?", "LOC"), ("Who wrote Hamlet?", "HUM"),
+                      ("How many feet are in a mile?", "NUM"), ("What does NASA stand for?", "ABBR")],
+    "sentiment": [("What a lovely day.\nThis is awful.", "A"), ("I hate waiting.\nGreat news, we won!", "B"),
+                  ("Best film of the year.\nIt was fine.", "A")],
+}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -23,8 +30,10 @@ def test_checker_accepts_the_answer_and_refuses_the_rejected_one(name):
     family = FAMILIES[name]
     rng = random.Random(0)
     made = 0
-    for i, (lang, sentence) in enumerate(SENTENCES):
-        example = family.make(sentence, f"s{i}", rng, lang)
+    cases = [(lang, s, None) for lang, s in SENTENCES]
+    cases += [("en", s, label) for s, label in LABELLED.get(name, [])]
+    for i, (lang, sentence, label) in enumerate(cases):
+        example = family.make(sentence, f"s{i}", rng, lang, label)
         if example is None:
             continue
         made += 1
@@ -51,6 +60,11 @@ def test_known_answers():
     lang = FAMILIES["language"].make(SENTENCES[2][1], "b", rng, "de")
     assert lang.answer == "German" and FAMILIES["language"].check(lang, "German.")
     assert FAMILIES["language"].make("Too short here", "c", rng, "en") is None
+    q = FAMILIES["question_type"].make("Where is Paris?", "q", rng, label="LOC")
+    assert q.answer == "location" and FAMILIES["question_type"].check(q, "Location.")
+    assert FAMILIES["question_type"].make("Where is Paris?", "q", rng) is None  # no label, no example
+    pair = FAMILIES["sentiment"].make("Awful.\nWonderful!", "p", rng, label="B")
+    assert pair.prompt.endswith("A: Awful.\nB: Wonderful!") and FAMILIES["sentiment"].check(pair, "b")
 
 
 def test_majority_baseline_is_the_constant_answer_pass_rate():
