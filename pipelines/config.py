@@ -18,6 +18,9 @@ from stages.dedup.config import DedupConfig
 from stages.ingest.config import IngestConfig
 from stages.quality.config import QualityConfig
 from stages.pretrain.config import PretrainConfig
+from stages.ppo.config import PPOConfig
+from stages.reward.config import RewardConfig
+from stages.sft.config import SFTConfig
 from stages.tokenize.config import TokenizeConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -77,6 +80,9 @@ class PipelineConfig(StrictModel):
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     align_data: AlignDataConfig = Field(default_factory=AlignDataConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
 
     def stage_config(self, name: str) -> StrictModel:
         return getattr(self, name)

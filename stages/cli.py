@@ -95,7 +95,17 @@ def run_standalone(name: str, inputs: list[str], output: Path, config_path: Opti
         resolved = {n: upstream_input(tracker, n, spec, runs) for n, spec in stage.inputs.items()}
         tracking = Tracking(tracker, parent_run_id=parent_run)
     else:
-        config, resolved = stage.standalone_inputs(config, parse_inputs(inputs))
+        parsed = parse_inputs(inputs)
+        for input_name, (kind, alias) in stage.registered_defaults.items():
+            if input_name not in parsed:  # standalone defaults to the registered model (DESIGN.md)
+                from stages.core.tracking import find_registered
+
+                found = find_registered(f"lmforge-{pipeline_name}-{kind}", alias, tracking_uri)
+                if found is not None:
+                    print(f"{name}: --input {input_name} defaults to lmforge-{pipeline_name}-{kind}@{alias} "
+                          f"({found})", file=sys.stderr)
+                    parsed[input_name] = [str(found)]
+        config, resolved = stage.standalone_inputs(config, parsed)
     result = execute_stage(stage, config, resolved, output, seed=seed, ray_address=ray_address,
                            pipeline_name=pipeline_name, tracking=tracking)
     outputs = {key: str(result.output_dir / rel) for key, rel in result.manifest.get("named_outputs", {}).items()}

@@ -23,6 +23,9 @@ _IMPLEMENTATIONS = {
     "tokenize": "stages.tokenize.stage:TokenizeStage",
     "pretrain": "stages.pretrain.stage:PretrainStage",
     "align_data": "stages.align_data.stage:AlignDataStage",
+    "sft": "stages.sft.stage:SFTStage",
+    "reward": "stages.reward.stage:RewardStage",
+    "ppo": "stages.ppo.stage:PPOStage",
 }
 
 

@@ -72,6 +72,8 @@ class Stage:
     inputs: ClassVar[dict[str, str]] = {}
     # inputs a standalone run may name (--input NAME=PATH) but the flow does not wire
     optional_inputs: ClassVar[frozenset[str]] = frozenset()
+    # standalone runs without --input NAME take lmforge-<cfg>-<kind>@<alias> from the registry
+    registered_defaults: ClassVar[dict[str, tuple[str, str]]] = {}
     # document stages obey in = kept + removed + quarantined
     document_stage: ClassVar[bool] = False
 

@@ -1,0 +1,73 @@
+"""Driver side of SFT / reward / DPO: start ``trainer.train_worker`` on Ray Train with the
+same scaling, placement and environment as pretraining, then copy the final model out."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from stages.alignment.trainer import MARKER, MODEL_DIR, TRAIN_LOG, train_worker
+from stages.core.contract import StageContext
+from stages.core.errors import ConfigError, StageError
+from stages.core.paths import lmforge_home
+from stages.core.ray_runtime import ensure_ray
+
+
+def check_batch(stage: str, cfg) -> None:
+    per_step = cfg.micro_batch_size * cfg.distributed.num_workers
+    if cfg.global_batch_size % per_step:
+        raise ConfigError(f"{stage}.global_batch_size ({cfg.global_batch_size}) must be a multiple of "
+                          f"{stage}.micro_batch_size x distributed.num_workers = {per_step}")
+
+
+def local_ray_env(ctx: StageContext) -> None:
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    if not ctx.ray_address:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "5")
+        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+
+
+def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Path) -> list[dict[str, Any]]:
+    """Run the stage's recipe on Ray Train; the model lands in ``ctx.output_dir/model``.
+    Returns the step history (also written as ``train_log.jsonl``)."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = ctx.config
+    check_batch(ctx.stage, cfg)
+    local_ray_env(ctx)
+    ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
+    dist = cfg.distributed
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu = dist.use_gpu == "yes" or (dist.use_gpu == "auto" and gpus >= dist.num_workers)
+    tracker = ctx.tracker
+    job = {"stage": ctx.stage, "config_model": type(cfg), "config": cfg.model_dump(mode="json"),
+           "model_dir": str(model_dir), "train": str(train_rows), "heldout": str(heldout_rows), "seed": ctx.seed,
+           "run_id": ctx.run_id, "tracking_uri": tracker.tracking_uri if tracker is not None else None}
+    storage = lmforge_home() / "train"
+    name = f"{ctx.stage}-{ctx.cache_key[:20] or 'adhoc'}"
+    trainer = TorchTrainer(
+        train_worker, train_loop_config=job,
+        scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": dist.cpus_per_worker},
+                                     placement_strategy=dist.placement_strategy),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=dist.max_failures)),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise StageError(f"{ctx.stage}: training failed: {result.error}")
+    out = ctx.output_dir
+    with result.checkpoint.as_directory() as folder:
+        final = Path(folder)
+        if not json.loads((final / MARKER).read_text()).get("final"):
+            raise StageError(f"{ctx.stage}: the last checkpoint is not the final model")
+        shutil.copytree(final / MODEL_DIR, out / MODEL_DIR)
+        shutil.copy2(final / TRAIN_LOG, out / TRAIN_LOG)
+    shutil.rmtree(storage / name, ignore_errors=True)
+    return [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]

@@ -1,0 +1,149 @@
+"""The loop every SFT / reward / DPO Ray Train worker runs; pretraining's distribution code
+(DeepSpeed ZeRO, the step sampler, the optimizer builder, the step logger) with a
+recipe deciding model class, batches and loss.
+
+These stages are minutes long, so they do not checkpoint midway: a killed run leaves
+nothing behind (the runner's work dir is atomic) and reruns from its input model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MODEL_DIR = "model"
+TRAIN_LOG = "train_log.jsonl"
+MARKER = "lmforge_checkpoint.json"
+
+
+def load_model(model_dir: str, kind: str, pad_id: int):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if kind == "score":
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=1, pad_token_id=pad_id, attn_implementation="sdpa", dtype="float32")
+    return AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype="float32")
+
+
+def train_worker(job: dict[str, Any]) -> None:
+    from stages.core.ray_runtime import worker_stdout_to_stderr
+
+    worker_stdout_to_stderr()
+    import deepspeed
+    import numpy as np
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    from ray.train import Checkpoint
+    from transformers import AutoTokenizer
+
+    from stages.alignment.data import read_rows
+    from stages.alignment.recipes import RECIPES
+    from stages.pretrain.loop import StepLogger, deepspeed_config, make_optimizer
+    from stages.pretrain.sampler import StepSampler, eval_indices
+
+    stage = job["stage"]
+    cfg = job["config_model"].model_validate(job["config"])
+    recipe = RECIPES[stage](cfg)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.distributed.cpus_per_worker)))
+    torch.manual_seed(job["seed"])
+    device = ray.train.torch.get_device()
+    bf16 = cfg.distributed.precision == "bf16" or (cfg.distributed.precision == "auto" and device.type == "cuda")
+
+    tokenizer = AutoTokenizer.from_pretrained(job["model_dir"])
+    pad_id = tokenizer.pad_token_id
+    train_items = recipe.encode(read_rows(Path(job["train"])), tokenizer, train=True)
+    eval_items = recipe.encode(read_rows(Path(job["heldout"])), tokenizer, train=False)
+    micro, global_batch = cfg.micro_batch_size, cfg.global_batch_size
+    accum = global_batch // (micro * world)
+    steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_items) / global_batch))
+    sampler = StepSampler(len(train_items), global_batch, job["seed"])
+
+    model = load_model(job["model_dir"], recipe.model_kind, pad_id).to(device)
+    extra_train = recipe.prepare(model, train_items, device, micro)
+    extra_eval = recipe.prepare(model, eval_items, device, micro)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, steps)
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, micro, accum, bf16))
+    logger = StepLogger(rank, job.get("run_id"), job.get("tracking_uri"), [])
+    if rank == 0:
+        print(f"{stage}: {len(train_items)} train / {len(eval_items)} held-out items, {steps} steps of {global_batch} "
+              f"(micro {micro} x accum {accum} x {world} worker(s) on {device.type}), ZeRO-"
+              f"{cfg.distributed.zero_stage}", file=sys.stderr, flush=True)
+
+    def reduce(sums: torch.Tensor) -> torch.Tensor:
+        sums = sums.to(device)
+        if world > 1:
+            dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        return sums
+
+    def weighted(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Metrics averaged over micro-batches and ranks, weighted by tokens (SFT) or pairs."""
+        names = sorted(k for k in parts[0] if k != "weight")
+        sums = torch.zeros(len(names) + 1, dtype=torch.float64)
+        for p in parts:
+            w = p["weight"].double().cpu()
+            sums[:-1] += torch.stack([p[k].double().cpu() for k in names]) * w
+            sums[-1] += w
+        sums = reduce(sums)
+        return {k: float(sums[i] / sums[-1]) for i, k in enumerate(names)}
+
+    def evaluate(step: int) -> None:
+        engine.eval()
+        parts = []
+        with torch.no_grad():
+            for idx in eval_indices(len(eval_items), len(eval_items), rank, world, micro):
+                parts.append(recipe.loss(engine, eval_items, idx.tolist(), pad_id, device, extra_eval)[1])
+        engine.train()
+        figures = {f"heldout_{k}": v for k, v in weighted(parts).items()}
+        logger.log(step, figures)
+        if rank == 0:
+            print(f"{stage}: step {step} " + " ".join(f"{k} {v:.4f}" for k, v in figures.items()),
+                  file=sys.stderr, flush=True)
+
+    engine.train()
+    evaluate(0)
+    for step in range(1, steps + 1):
+        indices = sampler.rank_indices(step - 1, rank, world).tolist()
+        parts = []
+        for m in range(accum):
+            loss, figures = recipe.loss(engine, train_items, indices[m * micro:(m + 1) * micro], pad_id, device,
+                                        extra_train)
+            engine.backward(loss)
+            engine.step()
+            parts.append(figures)
+        if step % cfg.log_every == 0 or step in (1, steps):
+            figures = weighted(parts)
+            figures["lr"] = scheduler.get_last_lr()[0]
+            figures["epoch"] = sampler.epoch_of(step)
+            grad_norm = engine.get_global_grad_norm()
+            if grad_norm is not None:
+                figures["grad_norm"] = float(grad_norm)
+            logger.log(step, figures)
+            if rank == 0:
+                print(f"{stage}: step {step}/{steps} " + " ".join(f"{k} {v:.4g}" for k, v in figures.items()),
+                      file=sys.stderr, flush=True)
+        if step % cfg.eval_every == 0 or step == steps:
+            evaluate(step)
+
+    state = engine._zero3_consolidated_16bit_state_dict() if cfg.distributed.zero_stage == 3 else None
+    with tempfile.TemporaryDirectory() as folder:
+        if rank == 0:
+            module = engine.module
+            if state is None:
+                state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+            out = Path(folder) / MODEL_DIR
+            module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+            for item in Path(job["model_dir"]).iterdir():
+                if item.is_file() and ("token" in item.name or item.name == "chat_template.jinja"):
+                    shutil.copy2(item, out / item.name)
+            (Path(folder) / TRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in logger.history))
+            (Path(folder) / MARKER).write_text(json.dumps({"step": steps, "final": True, "world_size": world}))
+        ray.train.report({"step": steps}, checkpoint=Checkpoint.from_directory(folder))

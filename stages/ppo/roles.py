@@ -1,0 +1,142 @@
+"""The four PPO roles, each a Ray actor holding one model (OpenRLHF's layout): the policy
+(generates rollouts and is trained), the critic (per-token values, trained), the frozen
+reference (SFT) and the frozen reward model. They exchange padded numpy batches:
+``input_ids``/``attention_mask`` [B, T] and ``action_mask`` [B, T-1], where index i
+stands for the token at position i+1 (the response tokens)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.alignment.objectives import entropy_from_logits, masked_mean, policy_loss, value_loss
+
+
+def _threads(num_cpus: float) -> int:
+    threads = max(1, int(num_cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _inputs(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.from_numpy(batch["input_ids"]), "attention_mask": torch.from_numpy(batch["attention_mask"])}
+
+
+def _logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+    return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+class PolicyRole:
+    """SFT weights, trained by PPO; it also generates the rollouts (KV-cache ``generate``)."""
+
+    def __init__(self, model_dir: str, num_cpus: float, lr: float, grad_clip: float, temperature: float, seed: int):
+        from stages.alignment.generate import load_policy
+
+        self.threads = _threads(num_cpus)
+        torch.manual_seed(seed)
+        self.model, self.tokenizer = load_policy(Path(model_dir))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, foreach=False)
+        self.grad_clip = grad_clip
+        self.temperature = temperature
+
+    def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int, do_sample: bool, top_p: float,
+                 seed: int) -> list:
+        from stages.alignment.generate import generate
+
+        self.model.eval()
+        return generate(self.model, self.tokenizer, prompts, max_new_tokens, batch_size, do_sample=do_sample,
+                        temperature=self.temperature, top_p=top_p, seed=seed)
+
+    @torch.no_grad()
+    def logprobs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        self.model.eval()
+        inputs = _inputs(batch)
+        return _logprobs(self.model(**inputs).logits, inputs["input_ids"], self.temperature).numpy()
+
+    def train_step(self, batch: dict[str, np.ndarray], clip: float) -> dict[str, float]:
+        self.model.train()
+        inputs = _inputs(batch)
+        mask = torch.from_numpy(batch["action_mask"])
+        logits = self.model(**inputs).logits
+        logprobs = _logprobs(logits, inputs["input_ids"], self.temperature)
+        loss, clip_frac, approx_kl = policy_loss(logprobs, torch.from_numpy(batch["old_logprobs"]),
+                                                 torch.from_numpy(batch["advantages"]), mask, clip)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+        self.optimizer.step()
+        with torch.no_grad():
+            entropy = masked_mean(entropy_from_logits(logits[:, :-1] / self.temperature), mask)
+        return {"policy_loss": float(loss), "ppo_clip_ratio": float(clip_frac), "ppo_kl": float(approx_kl),
+                "entropy": float(entropy), "policy_grad_norm": float(grad_norm)}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+
+class ReferenceRole:
+    """The frozen SFT model: log-probs for the per-token KL penalty."""
+
+    def __init__(self, model_dir: str, num_cpus: float, temperature: float):
+        from transformers import AutoModelForCausalLM
+
+        _threads(num_cpus)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype="auto").eval()
+        self.temperature = temperature
+
+    @torch.no_grad()
+    def logprobs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        inputs = _inputs(batch)
+        return _logprobs(self.model(**inputs).logits, inputs["input_ids"], self.temperature).numpy()
+
+
+class RewardRole:
+    """The frozen reward model: one score per answer, read at its last token."""
+
+    def __init__(self, model_dir: str, num_cpus: float):
+        from stages.alignment.scoring import load_reward_model
+
+        _threads(num_cpus)
+        self.model, _ = load_reward_model(Path(model_dir))
+
+    @torch.no_grad()
+    def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return self.model(**_inputs(batch)).logits.squeeze(-1).float().numpy()
+
+
+class CriticRole:
+    """Per-token values: a backbone plus a scalar head applied at every position (the
+    reward model's, or SFT's with a fresh head), trained on GAE returns."""
+
+    def __init__(self, model_dir: str, num_cpus: float, lr: float, grad_clip: float, pad_id: int, seed: int):
+        from transformers import AutoModelForSequenceClassification
+
+        _threads(num_cpus)
+        torch.manual_seed(seed)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=1, pad_token_id=pad_id, attn_implementation="sdpa", dtype="float32")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, foreach=False)
+        self.grad_clip = grad_clip
+
+    def _values(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        hidden = self.model.model(**_inputs(batch)).last_hidden_state
+        return self.model.score(hidden).squeeze(-1)[:, :-1].float()  # value of the state before each token
+
+    @torch.no_grad()
+    def values(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        self.model.eval()
+        return self._values(batch).numpy()
+
+    def train_step(self, batch: dict[str, np.ndarray], clip: float) -> dict[str, float]:
+        self.model.train()
+        values = self._values(batch)
+        loss = value_loss(values, torch.from_numpy(batch["old_values"]), torch.from_numpy(batch["returns"]),
+                          torch.from_numpy(batch["action_mask"]), clip)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+        self.optimizer.step()
+        return {"critic_loss": float(loss)}

@@ -1,0 +1,246 @@
+"""ppo: the driver coordinating four Ray actors (policy, critic, reference, reward).
+
+Each step: the policy samples answers to a batch of training prompts; reference, reward
+model, critic and the policy itself score them in parallel; the driver turns scores
+into per-token rewards (KL penalty on every token, the reward model's score on the
+last), advantages (GAE, whitened) and returns; then several epochs of mini-batch
+updates run on the policy and the critic at the same time. Held-out prompts are
+evaluated before and after: checker pass rate, mean reward, KL to the SFT model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.alignment.data import read_rows
+from stages.alignment.evaluate import checkable, paired_difference, pass_rates, sample_table, verdict
+from stages.alignment.objectives import gae, masked_mean, masked_whiten, shaped_rewards
+from stages.alignment.trainer import MODEL_DIR
+from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.ray_runtime import ensure_ray
+from stages.core.tracking import register_artifact
+from stages.ppo.config import PPOConfig
+from stages.ppo.roles import CriticRole, PolicyRole, ReferenceRole, RewardRole
+from stages.sft.stage import SAMPLES, lm_registry_name, log_sample_table
+
+HISTORY = "ppo_log.jsonl"
+EVAL_FILE = "heldout_eval.jsonl"
+
+
+def rollout_batch(generations, pad_id: int) -> dict[str, np.ndarray]:
+    """Prompt + answer per row, right-padded; ``action_mask[i, t]`` marks answer token t+1."""
+    seqs = [g.prompt_ids + g.response_ids for g in generations]
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    attention = np.zeros((len(seqs), width), dtype=np.int64)
+    action = np.zeros((len(seqs), width - 1), dtype=np.float32)
+    for k, (g, s) in enumerate(zip(generations, seqs)):
+        ids[k, :len(s)], attention[k, :len(s)] = s, 1
+        action[k, len(g.prompt_ids) - 1:len(s) - 1] = 1.0
+    return {"input_ids": ids, "attention_mask": attention, "action_mask": action}
+
+
+class AdaptiveKL:
+    """Ziegler et al. (2019): nudge the coefficient so the per-answer KL tracks a target."""
+
+    def __init__(self, cfg):
+        self.coef, self.cfg = cfg.coef, cfg
+
+    def update(self, kl: float, answers: int) -> None:
+        if self.cfg.adaptive:
+            error = float(np.clip(kl / self.cfg.target - 1, -0.2, 0.2))
+            self.coef *= 1 + error * answers / self.cfg.horizon
+
+
+class PPOStage(Stage):
+    name = "ppo"
+    config_model = PPOConfig
+    inputs = {"model": "sft:model", "reward_model": "reward:model", "prompts": "align_data:sft_train",
+              "heldout": "align_data:sft_heldout"}
+    registered_defaults = {"model": ("lm", "latest-sft"), "reward_model": ("reward", "latest-reward")}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        import ray
+
+        cfg: PPOConfig = ctx.config  # type: ignore[assignment]
+        sft_dir, rm_dir = str(ctx.inputs["model"].path), str(ctx.inputs["reward_model"].path)
+        prompts = checkable(read_rows(ctx.inputs["prompts"].path), None)
+        heldout = checkable(read_rows(ctx.inputs["heldout"].path), cfg.eval.heldout_per_family)
+        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
+        from transformers import AutoTokenizer
+
+        pad_id = AutoTokenizer.from_pretrained(sft_dir).pad_token_id
+        a, r = cfg.actors, cfg.rollout
+        policy = ray.remote(PolicyRole).options(num_cpus=a.policy).remote(
+            sft_dir, a.policy, cfg.policy_lr, cfg.grad_clip, r.temperature, ctx.seed)
+        critic = ray.remote(CriticRole).options(num_cpus=a.critic).remote(
+            rm_dir if cfg.critic_init == "reward" else sft_dir, a.critic, cfg.critic_lr, cfg.grad_clip, pad_id, ctx.seed)
+        reference = ray.remote(ReferenceRole).options(num_cpus=a.reference).remote(sft_dir, a.reference, r.temperature)
+        reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(rm_dir, a.reward)
+        try:
+            before = self._evaluate(policy, reference, reward, heldout, cfg, pad_id, ctx.seed)
+            history = self._train(ctx, cfg, prompts, policy, critic, reference, reward, pad_id)
+            after = self._evaluate(policy, reference, reward, heldout, cfg, pad_id, ctx.seed)
+            state = ray.get(policy.state_dict.remote())
+        finally:
+            for actor in (policy, critic, reference, reward):
+                ray.kill(actor)
+        self._save(sft_dir, state, ctx.output_dir / MODEL_DIR)
+        return self._result(ctx, cfg, heldout, before, after, history)
+
+    def _train(self, ctx, cfg: PPOConfig, prompts, policy, critic, reference, reward, pad_id) -> list[dict]:
+        import ray
+
+        rng = np.random.default_rng(ctx.seed)
+        kl_ctl = AdaptiveKL(cfg.kl)
+        history: list[dict[str, Any]] = []
+        r = cfg.rollout
+        for step in range(1, cfg.steps + 1):
+            t0 = time.time()
+            rows = [prompts[i] for i in rng.choice(len(prompts), size=r.batch_size, replace=False)]
+            gens = ray.get(policy.generate.remote([p["prompt_text"] for p in rows], r.max_new_tokens, r.batch_size,
+                                                  True, r.top_p, ctx.seed * 100_003 + step))
+            batch = rollout_batch(gens, pad_id)
+            t1 = time.time()
+            old_lp, ref_lp, scores, values = ray.get([policy.logprobs.remote(batch), reference.logprobs.remote(batch),
+                                                      reward.score.remote(batch), critic.values.remote(batch)])
+            t2 = time.time()
+            stopped = np.array([g.stopped for g in gens])
+            scores = scores - r.missing_eos_penalty * (~stopped)
+            mask = torch.from_numpy(batch["action_mask"])
+            rewards, kl = shaped_rewards(torch.from_numpy(scores).float(), torch.from_numpy(old_lp),
+                                         torch.from_numpy(ref_lp), mask, kl_ctl.coef)
+            advantages, returns = gae(rewards, torch.from_numpy(values), mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask) * mask
+            batch.update(old_logprobs=old_lp, old_values=values, advantages=advantages.numpy().astype(np.float32),
+                         returns=returns.numpy().astype(np.float32))
+            updates = []
+            for _ in range(cfg.ppo_epochs):
+                order = rng.permutation(r.batch_size)
+                for start in range(0, r.batch_size, cfg.mini_batch_size):
+                    idx = order[start:start + cfg.mini_batch_size]
+                    mb = self._slice(batch, idx)
+                    p, c = ray.get([policy.train_step.remote(mb, cfg.clip_ratio), critic.train_step.remote(mb, cfg.value_clip)])
+                    updates.append({**p, **c})
+            t3 = time.time()
+            kl_per_answer = float(kl.sum(1).mean())
+            kl_ctl.update(kl_per_answer, r.batch_size)
+            passed = [verdict(row, g.text) for row, g in zip(rows, gens)]
+            first = mask.argmax(1)
+            metrics = {
+                "reward": float(scores.mean()), "kl": kl_per_answer, "kl_coef": kl_ctl.coef,
+                "response_length": float(mask.sum(1).mean()),
+                "return": float(returns[torch.arange(len(gens)), first].mean()),
+                "value": float(masked_mean(torch.from_numpy(values), mask)),
+                "advantage_abs": float(masked_mean(advantages.abs(), mask)),
+                "rollout_pass_rate": float(np.mean(passed)), "stopped_fraction": float(stopped.mean()),
+                "time_generation_s": t1 - t0, "time_scoring_s": t2 - t1, "time_training_s": t3 - t2,
+                **{k: float(np.mean([u[k] for u in updates])) for k in updates[0]},
+            }
+            history.append({"step": step, **metrics})
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                ctx.log_metrics(metrics, step=step)
+                ctx.log.info("ppo: step %d/%d reward %.3f kl %.3f pass %.2f len %.1f policy_loss %.3f critic_loss %.3f "
+                             "clip %.2f (gen %.1f s, score %.1f s, train %.1f s)", step, cfg.steps, metrics["reward"],
+                             metrics["kl"], metrics["rollout_pass_rate"], metrics["response_length"],
+                             metrics["policy_loss"], metrics["critic_loss"], metrics["ppo_clip_ratio"],
+                             t1 - t0, t2 - t1, t3 - t2)
+        return history
+
+    @staticmethod
+    def _slice(batch: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows ``idx``, trimmed to their longest sequence (less padding per update)."""
+        width = int(batch["attention_mask"][idx].sum(1).max())
+        out = {}
+        for key, value in batch.items():
+            part = value[idx]
+            out[key] = part[:, :width] if key in ("input_ids", "attention_mask") else part[:, :width - 1]
+        return out
+
+    @staticmethod
+    def _evaluate(policy, reference, reward, rows, cfg: PPOConfig, pad_id: int, seed: int) -> dict[str, Any]:
+        """Greedy answers: pass rate and mean reward; sampled answers: KL(policy || SFT) per answer."""
+        import ray
+
+        ev = cfg.eval
+        texts = [row["prompt_text"] for row in rows]
+        greedy = ray.get(policy.generate.remote(texts, ev.max_new_tokens, ev.batch_size, False, 1.0, seed))
+        batch = rollout_batch(greedy, pad_id)
+        scores = ray.get(reward.score.remote(batch))
+        verdicts = [verdict(row, g.text) for row, g in zip(rows, greedy)]
+        kls = []
+        for k in range(ev.kl_samples):
+            sampled = ray.get(policy.generate.remote(texts, ev.max_new_tokens, ev.batch_size, True,
+                                                     cfg.rollout.top_p, seed + 7 + k))
+            sb = rollout_batch(sampled, pad_id)
+            lp, ref = ray.get([policy.logprobs.remote(sb), reference.logprobs.remote(sb)])
+            kls.append(((lp - ref) * sb["action_mask"]).sum(1))
+        figures = pass_rates(rows, verdicts, ev.bootstrap, seed)
+        figures.update(mean_reward=float(scores.mean()), kl_to_sft=float(np.mean(kls)),
+                       response_length=float(batch["action_mask"].sum(1).mean()))
+        return {"answers": [g.text for g in greedy], "verdicts": verdicts, "scores": scores.tolist(),
+                "figures": figures}
+
+    @staticmethod
+    def _save(sft_dir: str, state: dict, out: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype="float32")
+        model.load_state_dict(state)
+        model.save_pretrained(str(out), safe_serialization=True)
+        for item in Path(sft_dir).iterdir():
+            if item.is_file() and ("token" in item.name or item.name == "chat_template.jinja"):
+                shutil.copy2(item, out / item.name)
+
+    def _result(self, ctx, cfg, rows, before, after, history) -> StageResult:
+        out = ctx.output_dir
+        ev = cfg.eval
+        metrics: dict[str, float] = {}
+        for tag, result in (("sft", before), ("ppo", after)):
+            metrics.update({f"{tag}.{k}": v for k, v in result["figures"].items()})
+        pass_gain = paired_difference([float(v) for v in after["verdicts"]], [float(v) for v in before["verdicts"]],
+                                      ev.bootstrap, ctx.seed)
+        reward_gain = paired_difference(after["scores"], before["scores"], ev.bootstrap, ctx.seed)
+        metrics.update({f"ppo_minus_sft.pass_rate.{k}": v for k, v in pass_gain.items()})
+        metrics.update({f"ppo_minus_sft.reward.{k}": v for k, v in reward_gain.items()})
+        timing = {k: float(np.mean([h[k] for h in history])) for k in ("time_generation_s", "time_scoring_s",
+                                                                       "time_training_s")}
+        metrics.update({f"mean_{k}": v for k, v in timing.items()})
+        (out / HISTORY).write_text("".join(json.dumps(h) + "\n" for h in history))
+        answers = {"sft": before["answers"], "ppo": after["answers"]}
+        verdicts = {"sft": before["verdicts"], "ppo": after["verdicts"]}
+        with open(out / EVAL_FILE, "w", encoding="utf-8") as handle:
+            for k, row in enumerate(rows):
+                handle.write(json.dumps({"id": row["id"], "family": row["family"], "prompt": row["prompt"],
+                                         "reference": row["answer"], "sft_answer": before["answers"][k],
+                                         "sft_pass": before["verdicts"][k], "sft_reward": before["scores"][k],
+                                         "ppo_answer": after["answers"][k], "ppo_pass": after["verdicts"][k],
+                                         "ppo_reward": after["scores"][k]}, ensure_ascii=False) + "\n")
+        (out / SAMPLES).write_text(json.dumps(sample_table(rows, answers, verdicts, ev.samples_logged),
+                                              ensure_ascii=False, indent=1))
+        ctx.log.info("ppo: held-out pass rate %.3f -> %.3f (gain %.3f, 95%% CI %.3f..%.3f); reward %.3f -> %.3f "
+                     "(gain CI %.3f..%.3f); KL to SFT %.3f", before["figures"].get("pass_rate", 0),
+                     after["figures"].get("pass_rate", 0), pass_gain["mean"], pass_gain["ci_low"], pass_gain["ci_high"],
+                     before["figures"]["mean_reward"], after["figures"]["mean_reward"], reward_gain["ci_low"],
+                     reward_gain["ci_high"], after["figures"]["kl_to_sft"])
+        return StageResult(counts={"steps": cfg.steps, "heldout_prompts": len(rows),
+                                   "rollout_answers": cfg.steps * cfg.rollout.batch_size},
+                           metrics=metrics, details={"before": before["figures"], "after": after["figures"],
+                                                     "pass_gain": pass_gain, "reward_gain": reward_gain,
+                                                     "time_split_s": timing},
+                           outputs={"model": f"{MODEL_DIR}/", "history": HISTORY, "samples": SAMPLES,
+                                    "heldout_eval": EVAL_FILE})
+
+    def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
+        log_sample_table(tracker, run_id, output_dir)
+        name = lm_registry_name(pipeline_name)
+        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-ppo")
+        return {"lmforge.registered_model": f"{name}/{version}"}

@@ -1,0 +1,25 @@
+"""reward's config: the shared alignment training fields plus how the reward model is
+checked against the checkers on sampled answers."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from stages.alignment.config import AlignTrainConfig, GenerationConfig
+from stages.core.configuration import StrictModel
+
+
+class RewardGenerationConfig(GenerationConfig):
+    heldout_per_family: int | None = Field(60, ge=1, description="Held-out prompts sampled per family; null = all.")
+
+
+class RewardEvalConfig(StrictModel):
+    samples_per_prompt: int = Field(2, ge=1, description="Answers sampled from the SFT model per held-out prompt.")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    generation: RewardGenerationConfig = Field(default_factory=RewardGenerationConfig)
+
+
+class RewardConfig(AlignTrainConfig):
+    epochs: float = Field(2.0, gt=0, description="Passes over the training pairs (when max_steps is null).")
+    eval: RewardEvalConfig = Field(default_factory=RewardEvalConfig)

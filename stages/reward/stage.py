@@ -1,0 +1,105 @@
+"""reward: the SFT backbone with a scalar head (``AutoModelForSequenceClassification``,
+one label) trained with the Bradley-Terry loss on align_data's preference pairs, on Ray
+Train; then checked on held-out pairs (pairwise accuracy, per family) and on answers
+sampled from the SFT model (Spearman correlation of reward with the checker's verdict)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from stages.alignment import launch
+from stages.alignment.data import read_rows
+from stages.alignment.evaluate import checkable, verdict
+from stages.alignment.generate import generate, load_policy
+from stages.alignment.scoring import load_reward_model, score_ids, score_texts
+from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
+from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.tracking import register_artifact
+from stages.reward.config import RewardConfig
+
+SAMPLED = "sampled_scores.jsonl"
+
+
+def registry_name(pipeline: str) -> str:
+    return f"lmforge-{pipeline}-reward"
+
+
+def spearman(x, y) -> float:
+    from scipy.stats import spearmanr
+
+    if len(set(np.asarray(x).tolist())) < 2 or len(set(np.asarray(y).tolist())) < 2:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+class RewardStage(Stage):
+    name = "reward"
+    config_model = RewardConfig
+    inputs = {"model": "sft:model", "train": "align_data:pref_train", "heldout": "align_data:pref_heldout",
+              "prompts": "align_data:sft_heldout"}
+    registered_defaults = {"model": ("lm", "latest-sft")}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        cfg: RewardConfig = ctx.config  # type: ignore[assignment]
+        sft_dir = ctx.inputs["model"].path
+        history = launch.train(ctx, sft_dir, ctx.inputs["train"].path, ctx.inputs["heldout"].path)
+        threads = max(1, int(cfg.distributed.cpus_per_worker))
+        rm, tokenizer = load_reward_model(ctx.output_dir / MODEL_DIR, threads)
+        metrics: dict[str, float] = {}
+
+        pairs = read_rows(ctx.inputs["heldout"].path)
+        prompts = [p["prompt_text"] for p in pairs]
+        chosen = score_texts(rm, tokenizer, prompts, [p["response_text"] for p in pairs])
+        rejected = score_texts(rm, tokenizer, prompts, [p["rejected_text"] for p in pairs])
+        right = chosen > rejected
+        metrics["pairwise_accuracy"] = float(right.mean())
+        by_family = defaultdict(list)
+        for p, ok in zip(pairs, right):
+            by_family[p["family"]].append(float(ok))
+        metrics.update({f"pairwise_accuracy.{f}": float(np.mean(v)) for f, v in sorted(by_family.items())})
+
+        # does the reward follow the checker on answers the SFT model actually gives?
+        ev = cfg.eval
+        rows = checkable(read_rows(ctx.inputs["prompts"].path), ev.generation.heldout_per_family)
+        rows = [r for r in rows for _ in range(ev.samples_per_prompt)]
+        policy, policy_tok = load_policy(sft_dir, threads)
+        outs = generate(policy, policy_tok, [r["prompt_text"] for r in rows], ev.generation.max_new_tokens,
+                        ev.generation.batch_size, do_sample=True, temperature=ev.temperature, top_p=ev.top_p,
+                        seed=ctx.seed)
+        rewards = score_ids(rm, [o.prompt_ids + o.response_ids for o in outs], tokenizer.pad_token_id)
+        passed = np.array([verdict(r, o.text) for r, o in zip(rows, outs)], dtype=np.float64)
+        metrics["sampled_pass_rate"] = float(passed.mean())
+        metrics["spearman_reward_vs_checker"] = spearman(rewards, passed)
+        if passed.any() and not passed.all():
+            metrics["mean_reward_pass"] = float(rewards[passed == 1].mean())
+            metrics["mean_reward_fail"] = float(rewards[passed == 0].mean())
+        for family in sorted({r["family"] for r in rows}):
+            idx = [k for k, r in enumerate(rows) if r["family"] == family]
+            rho = spearman(rewards[idx], passed[idx])
+            if rho == rho:
+                metrics[f"spearman.{family}"] = rho
+        with open(ctx.output_dir / SAMPLED, "w", encoding="utf-8") as handle:
+            import json
+
+            for r, o, s, ok in zip(rows, outs, rewards, passed):
+                handle.write(json.dumps({"family": r["family"], "prompt": r["prompt"], "reference": r["answer"],
+                                         "answer": o.text, "reward": float(s), "pass": bool(ok)},
+                                        ensure_ascii=False) + "\n")
+        evals = [h for h in history if "heldout_accuracy" in h]
+        if evals:
+            metrics["heldout_loss"] = evals[-1]["heldout_loss"]
+        ctx.log.info("reward: held-out pairwise accuracy %.3f %s; Spearman(reward, checker) %.3f on %d sampled "
+                     "answers (pass rate %.3f)", metrics["pairwise_accuracy"],
+                     {f: round(np.mean(v), 3) for f, v in sorted(by_family.items())},
+                     metrics["spearman_reward_vs_checker"], len(rows), metrics["sampled_pass_rate"])
+        return StageResult(counts={"heldout_pairs": len(pairs), "sampled_answers": len(rows),
+                                   "steps": max((h["step"] for h in history), default=0)},
+                           metrics=metrics, details={"pairwise_accuracy_by_family": {f: float(np.mean(v)) for f, v in by_family.items()}},
+                           outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "sampled_scores": SAMPLED})
+
+    def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
+        name = registry_name(pipeline_name)
+        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-reward")
+        return {"lmforge.registered_model": f"{name}/{version}"}

@@ -1,0 +1,101 @@
+"""sft: supervised fine-tuning of the pretrained model on align_data's examples (loss on
+response tokens only), on Ray Train with pretraining's distribution code; then greedy
+decoding of the held-out prompts by the base and the SFT model, scored by the checkers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from stages.alignment import launch
+from stages.alignment.data import read_rows
+from stages.alignment.evaluate import checkable, pass_rates, paired_difference, sample_table, verdict
+from stages.alignment.generate import generate, load_policy
+from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
+from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.tracking import register_artifact
+from stages.sft.config import SFTConfig
+
+SAMPLES = "samples.json"
+EVAL_FILE = "heldout_eval.jsonl"
+
+
+def lm_registry_name(pipeline: str) -> str:
+    return f"lmforge-{pipeline}-lm"
+
+
+def evaluate_models(models: dict[str, Path], rows: list[dict], gen, seed: int, threads: int) -> dict[str, Any]:
+    """Greedy answers of each model to the same held-out prompts, checker verdicts, pass rates."""
+    prompts = [r["prompt_text"] for r in rows]
+    answers, verdicts, figures = {}, {}, {}
+    for name, folder in models.items():
+        model, tokenizer = load_policy(folder, threads)
+        outs = generate(model, tokenizer, prompts, gen.max_new_tokens, gen.batch_size)
+        answers[name] = [o.text for o in outs]
+        verdicts[name] = [verdict(r, o.text) for r, o in zip(rows, outs)]
+        figures[name] = pass_rates(rows, verdicts[name], gen.bootstrap, seed)
+        figures[name]["response_length"] = sum(len(o.response_ids) for o in outs) / max(1, len(outs))
+    return {"answers": answers, "verdicts": verdicts, "figures": figures}
+
+
+def write_eval(out: Path, rows: list[dict], result: dict[str, Any], per_family: int) -> None:
+    """Every held-out answer and verdict (JSONL), and the per-family sample table (JSON)."""
+    with open(out / EVAL_FILE, "w", encoding="utf-8") as handle:
+        for k, row in enumerate(rows):
+            record = {"id": row["id"], "family": row["family"], "prompt": row["prompt"], "reference": row["answer"]}
+            for name in result["answers"]:
+                record[f"{name}_answer"] = result["answers"][name][k]
+                record[f"{name}_pass"] = result["verdicts"][name][k]
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    table = sample_table(rows, result["answers"], result["verdicts"], per_family)
+    (out / SAMPLES).write_text(json.dumps(table, ensure_ascii=False, indent=1))
+
+
+def log_sample_table(tracker, run_id: str, output_dir: Path) -> None:
+    path = output_dir / SAMPLES
+    if path.exists():
+        tracker.client.log_table(run_id, data=json.loads(path.read_text()), artifact_file="samples_table.json")
+
+
+class SFTStage(Stage):
+    name = "sft"
+    config_model = SFTConfig
+    inputs = {"model": "pretrain:model", "train": "align_data:sft_train", "heldout": "align_data:sft_heldout"}
+    registered_defaults = {"model": ("lm", "latest-pretrain")}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        cfg: SFTConfig = ctx.config  # type: ignore[assignment]
+        base = ctx.inputs["model"].path
+        history = launch.train(ctx, base, ctx.inputs["train"].path, ctx.inputs["heldout"].path)
+        rows = checkable(read_rows(ctx.inputs["heldout"].path), cfg.eval_generation.heldout_per_family)
+        threads = max(1, int(cfg.distributed.cpus_per_worker))
+        result = evaluate_models({"base": base, "sft": ctx.output_dir / MODEL_DIR}, rows, cfg.eval_generation,
+                                 ctx.seed, threads)
+        write_eval(ctx.output_dir, rows, result, cfg.eval_generation.samples_logged)
+        figures = result["figures"]
+        metrics: dict[str, float] = {}
+        for name, values in figures.items():
+            metrics.update({f"{name}.{k}": v for k, v in values.items()})
+        gain = paired_difference([float(v) for v in result["verdicts"]["sft"]],
+                                 [float(v) for v in result["verdicts"]["base"]], cfg.eval_generation.bootstrap,
+                                 ctx.seed)
+        metrics.update({f"sft_minus_base.{k}": v for k, v in gain.items()})
+        evals = [h for h in history if "heldout_loss" in h]
+        if evals:
+            metrics["heldout_loss_start"] = evals[0]["heldout_loss"]
+            metrics["heldout_loss"] = evals[-1]["heldout_loss"]
+        ctx.log.info("sft: held-out loss %.3f -> %.3f; pass rate base %.3f -> sft %.3f (gain %.3f, 95%% CI %.3f..%.3f)",
+                     metrics.get("heldout_loss_start", float("nan")), metrics.get("heldout_loss", float("nan")),
+                     figures["base"].get("pass_rate", 0), figures["sft"].get("pass_rate", 0), gain["mean"],
+                     gain["ci_low"], gain["ci_high"])
+        return StageResult(
+            counts={"heldout_prompts": len(rows), "steps": max((h["step"] for h in history), default=0)},
+            metrics=metrics, details={"pass_rates": figures, "sft_minus_base": gain},
+            outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "samples": SAMPLES, "heldout_eval": EVAL_FILE})
+
+    def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
+        log_sample_table(tracker, run_id, output_dir)
+        name = lm_registry_name(pipeline_name)
+        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-sft")
+        return {"lmforge.registered_model": f"{name}/{version}"}
