@@ -88,7 +88,7 @@ def _run_flow(cfg, until: Optional[str], config_path: Optional[Path]) -> dict[st
 
     from pipelines.dag import stages_to_run
 
-    stages_to_run(until)  # fail fast on a bad --until, before starting servers
+    stages_to_run(until, cfg.pipeline.alignment)  # fail fast on a bad --until, before starting servers
     prefect = cfg.engines.prefect
     server = ensure_prefect(prefect.host, prefect.port, prefect.api_url, prefect.startup_timeout_s)
     os.environ.update(prefect_env())
@@ -115,7 +115,7 @@ def _dry_run(cfg, until: Optional[str]) -> dict[str, Any]:
     from stages.core.tracking import Tracker
     from stages.registry import get_stage
 
-    names = stages_to_run(until)
+    names = stages_to_run(until, cfg.pipeline.alignment)
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
     executor = InlineExecutor(cfg, tracker, parent_run_id=None)
     typer.echo("DAG: " + " -> ".join(names))

@@ -18,6 +18,7 @@ from stages.dedup.config import DedupConfig
 from stages.ingest.config import IngestConfig
 from stages.quality.config import QualityConfig
 from stages.pretrain.config import PretrainConfig
+from stages.dpo.config import DPOConfig
 from stages.ppo.config import PPOConfig
 from stages.reward.config import RewardConfig
 from stages.sft.config import SFTConfig
@@ -33,6 +34,7 @@ class PipelineSection(StrictModel):
     seed: int = Field(1234, description="Seed every stage derives its randomness from.")
     retries: int = Field(0, ge=0, le=10, description="Prefect retries of a failed stage task.")
     retry_delay_s: float = Field(5.0, ge=0, description="Seconds between retries.")
+    alignment: Literal["ppo", "dpo"] = Field("ppo", description="After sft: reward model + PPO, or DPO alone.")
 
 
 class RayEngine(StrictModel):
@@ -83,6 +85,7 @@ class PipelineConfig(StrictModel):
     sft: SFTConfig = Field(default_factory=SFTConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
 
     def stage_config(self, name: str) -> StrictModel:
         return getattr(self, name)

@@ -82,7 +82,7 @@ def pipeline_flow(config: dict[str, Any], until: str | None = None, config_path:
     """Run the pipeline's stages in DAG order (through ``until``), reusing cached stages."""
     logger = get_run_logger()
     cfg = from_dict(config)
-    names = stages_to_run(until)
+    names = stages_to_run(until, cfg.pipeline.alignment)
     flow_run_id = str(flow_run.id)
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")

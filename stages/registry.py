@@ -26,6 +26,7 @@ _IMPLEMENTATIONS = {
     "sft": "stages.sft.stage:SFTStage",
     "reward": "stages.reward.stage:RewardStage",
     "ppo": "stages.ppo.stage:PPOStage",
+    "dpo": "stages.dpo.stage:DPOStage",
 }
 
 

@@ -40,7 +40,10 @@ def test_apply_overrides_creates_nested_sections_without_touching_input():
         ("pipeline.retries=-1", "'pipeline.retries' (-1)"),
         ("engines.executor=k8s", "Input should be 'inline'"),
         ("nonsense.x=1", "unknown key 'nonsense'; allowed: pipeline, engines, ingest"),
-        ("align_data.max_examples=10", "not implemented yet"),
+        ("quantize.bits=4", "not implemented yet"),
+        ("align_data.families=[poetry]", "unknown families ['poetry']; allowed: count_words"),
+        ("pipeline.alignment=rlhf", "Input should be 'ppo' or 'dpo'"),
+        ("sft.micro_batch_size=0", "'sft.micro_batch_size' (0)"),
         ("ingest.task_mb", "--set expects section.field=value"),
         ("ingest.task_mb.x=1", "is a value, not a section"),
     ],
@@ -63,3 +66,14 @@ def test_bad_yaml_file_is_a_config_error(tmp_path):
 
 def test_flatten_gives_dotted_params():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": [1, 2], "d": None}
+
+
+def test_alignment_switch_chooses_the_path_after_sft():
+    from pipelines.dag import stages_to_run
+
+    assert stages_to_run("ppo", "ppo")[-4:] == ["align_data", "sft", "reward", "ppo"]
+    assert stages_to_run("dpo", "dpo")[-3:] == ["align_data", "sft", "dpo"]
+    with pytest.raises(ConfigError, match="set pipeline.alignment=dpo to run dpo"):
+        stages_to_run("dpo", "ppo")
+    with pytest.raises(ConfigError, match="set pipeline.alignment=ppo to run reward"):
+        stages_to_run("reward", "dpo")

@@ -1,0 +1,20 @@
+"""dpo's config: the shared alignment training fields, DPO's beta, and the same held-out
+evaluation as ppo."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from stages.alignment.config import AlignOptimConfig, AlignTrainConfig
+from stages.ppo.config import PPOEvalConfig
+
+
+class DPOOptimConfig(AlignOptimConfig):
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW); DPO wants a small one.")
+
+
+class DPOConfig(AlignTrainConfig):
+    optim: DPOOptimConfig = Field(default_factory=DPOOptimConfig)
+    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL constraint to the SFT model.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training pairs (when max_steps is null).")
+    eval: PPOEvalConfig = Field(default_factory=PPOEvalConfig)

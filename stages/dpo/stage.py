@@ -1,0 +1,120 @@
+"""dpo: Direct Preference Optimization (seed section 3.3.3) of the SFT model on
+align_data's preference pairs, on Ray Train with the shared trainer (reference
+log-probs computed once from the starting model); evaluated like ppo on the same
+held-out prompts (checker pass rate, KL to SFT, and mean reward when a reward model is
+given) so MLflow shows the two side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.alignment import launch
+from stages.alignment.data import read_rows
+from stages.alignment.evaluate import checkable, paired_difference, pass_rates, sample_table, verdict
+from stages.alignment.generate import generate, load_policy
+from stages.alignment.objectives import sequence_logprob
+from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
+from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.tracking import register_artifact
+from stages.dpo.config import DPOConfig
+from stages.ppo.stage import EVAL_FILE, rollout_batch
+from stages.sft.stage import SAMPLES, lm_registry_name, log_sample_table
+
+
+@torch.no_grad()
+def answer_logprob(model, batch: dict[str, np.ndarray]) -> np.ndarray:
+    ids = torch.from_numpy(batch["input_ids"])
+    logits = model(input_ids=ids, attention_mask=torch.from_numpy(batch["attention_mask"])).logits
+    mask = torch.zeros(ids.shape, dtype=torch.float32)
+    mask[:, 1:] = torch.from_numpy(batch["action_mask"])
+    return sequence_logprob(logits, ids, mask).numpy()
+
+
+def evaluate_policy(model_dir: Path, reference, rows: list[dict], ev, seed: int, threads: int,
+                    reward=None) -> dict[str, Any]:
+    """Greedy pass rate (and mean reward when a reward model is given); KL to the reference
+    from sampled answers: mean of log pi(y) - log ref(y)."""
+    model, tokenizer = load_policy(model_dir, threads)
+    texts = [r["prompt_text"] for r in rows]
+    greedy = generate(model, tokenizer, texts, ev.max_new_tokens, ev.batch_size)
+    verdicts = [verdict(r, g.text) for r, g in zip(rows, greedy)]
+    figures = pass_rates(rows, verdicts, ev.bootstrap, seed)
+    scores = [0.0] * len(rows)
+    if reward is not None:
+        from stages.alignment.scoring import score_ids
+
+        scores = score_ids(reward, [g.prompt_ids + g.response_ids for g in greedy], tokenizer.pad_token_id).tolist()
+        figures["mean_reward"] = float(np.mean(scores))
+    kls = []
+    for k in range(ev.kl_samples):
+        sampled = generate(model, tokenizer, texts, ev.max_new_tokens, ev.batch_size, do_sample=True, seed=seed + 7 + k)
+        batch = rollout_batch(sampled, tokenizer.pad_token_id)
+        kls.append(answer_logprob(model, batch) - answer_logprob(reference, batch))
+    figures["kl_to_sft"] = float(np.mean(kls))
+    figures["response_length"] = float(np.mean([len(g.response_ids) for g in greedy]))
+    return {"answers": [g.text for g in greedy], "verdicts": verdicts, "scores": scores, "figures": figures}
+
+
+class DPOStage(Stage):
+    name = "dpo"
+    config_model = DPOConfig
+    inputs = {"model": "sft:model", "train": "align_data:pref_train", "heldout": "align_data:pref_heldout",
+              "prompts": "align_data:sft_heldout"}
+    optional_inputs = frozenset({"reward_model"})
+    registered_defaults = {"model": ("lm", "latest-sft")}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        cfg: DPOConfig = ctx.config  # type: ignore[assignment]
+        sft_dir = ctx.inputs["model"].path
+        history = launch.train(ctx, sft_dir, ctx.inputs["train"].path, ctx.inputs["heldout"].path)
+        threads = max(1, int(cfg.distributed.cpus_per_worker))
+        rows = checkable(read_rows(ctx.inputs["prompts"].path), cfg.eval.heldout_per_family)
+        reference, _ = load_policy(sft_dir, threads)
+        reward = None
+        if "reward_model" in ctx.inputs:
+            from stages.alignment.scoring import load_reward_model
+
+            reward, _ = load_reward_model(ctx.inputs["reward_model"].path)
+        before = evaluate_policy(sft_dir, reference, rows, cfg.eval, ctx.seed, threads, reward)
+        after = evaluate_policy(ctx.output_dir / MODEL_DIR, reference, rows, cfg.eval, ctx.seed, threads, reward)
+        metrics: dict[str, float] = {}
+        for tag, result in (("sft", before), ("dpo", after)):
+            metrics.update({f"{tag}.{k}": v for k, v in result["figures"].items()})
+        gain = paired_difference([float(v) for v in after["verdicts"]], [float(v) for v in before["verdicts"]],
+                                 cfg.eval.bootstrap, ctx.seed)
+        metrics.update({f"dpo_minus_sft.pass_rate.{k}": v for k, v in gain.items()})
+        evals = [h for h in history if "heldout_accuracy" in h]
+        if evals:
+            metrics["heldout_pair_accuracy"] = evals[-1]["heldout_accuracy"]
+            metrics["heldout_loss"] = evals[-1]["heldout_loss"]
+        out = ctx.output_dir
+        with open(out / EVAL_FILE, "w", encoding="utf-8") as handle:
+            for k, row in enumerate(rows):
+                handle.write(json.dumps({"id": row["id"], "family": row["family"], "prompt": row["prompt"],
+                                         "reference": row["answer"], "sft_answer": before["answers"][k],
+                                         "sft_pass": before["verdicts"][k], "dpo_answer": after["answers"][k],
+                                         "dpo_pass": after["verdicts"][k]}, ensure_ascii=False) + "\n")
+        answers = {"sft": before["answers"], "dpo": after["answers"]}
+        verdicts = {"sft": before["verdicts"], "dpo": after["verdicts"]}
+        (out / SAMPLES).write_text(json.dumps(sample_table(rows, answers, verdicts, cfg.eval.samples_logged),
+                                              ensure_ascii=False, indent=1))
+        ctx.log.info("dpo: held-out pair accuracy %.3f; pass rate %.3f -> %.3f (gain %.3f, 95%% CI %.3f..%.3f); "
+                     "KL to SFT %.3f", metrics.get("heldout_pair_accuracy", float("nan")),
+                     before["figures"].get("pass_rate", 0), after["figures"].get("pass_rate", 0), gain["mean"],
+                     gain["ci_low"], gain["ci_high"], after["figures"]["kl_to_sft"])
+        return StageResult(counts={"heldout_prompts": len(rows), "steps": max((h["step"] for h in history), default=0)},
+                           metrics=metrics, details={"before": before["figures"], "after": after["figures"],
+                                                     "pass_gain": gain},
+                           outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "samples": SAMPLES,
+                                    "heldout_eval": EVAL_FILE})
+
+    def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
+        log_sample_table(tracker, run_id, output_dir)
+        name = lm_registry_name(pipeline_name)
+        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-dpo")
+        return {"lmforge.registered_model": f"{name}/{version}"}
