@@ -38,8 +38,12 @@ def _norm(text: str) -> str:
     return text[:-1] if text.endswith(".") and not text.endswith("..") else text
 
 
+def _strip(word: str) -> str:
+    return word.strip().strip(".,;:!?\"'()[]«»“”‘’")
+
+
 def _bare(word: str) -> str:
-    return word.strip().strip(".,;:!?\"'()[]«»“”‘’").lower()
+    return _strip(word).lower()
 
 
 class Family:
@@ -78,16 +82,17 @@ class NthWord(Family):
         w = [x for x in words(sentence) if _bare(x)]
         if not 3 <= len(w) <= 12:
             return None
-        k = rng.randrange(min(len(w), len(ORDINALS)))
-        return Example(self.name, f"What is the {ORDINALS[k]} word of: {' '.join(w)}", _bare(w[k]), source_id)
+        k = rng.randrange(3)  # first, second or third: copying by position is learnable by a tiny model
+        # the word as written (punctuation stripped): a copy, not a case mapping the model would also have to learn
+        return Example(self.name, f"What is the {ORDINALS[k]} word of: {' '.join(w)}", _strip(w[k]), source_id)
 
     def check(self, example, response):
-        return _bare(response) == example.answer
+        return _bare(response) == _bare(example.answer)
 
     def reject(self, example, rng):
-        w = [_bare(x) for x in example.prompt.split(": ", 1)[1].split() if _bare(x)]
+        w = [_strip(x) for x in example.prompt.split(": ", 1)[1].split() if _bare(x)]
         k = w.index(example.answer)
-        options = [w[i] for i in (k - 1, k + 1) if 0 <= i < len(w) and w[i] != example.answer]
+        options = [w[i] for i in (k - 1, k + 1) if 0 <= i < len(w) and _bare(w[i]) != _bare(example.answer)]
         return rng.choice(options) if options else example.answer + "s"  # off by one
 
 

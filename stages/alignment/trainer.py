@@ -35,7 +35,6 @@ def train_worker(job: dict[str, Any]) -> None:
 
     worker_stdout_to_stderr()
     import deepspeed
-    import numpy as np
     import ray.train
     import torch
     import torch.distributed as dist

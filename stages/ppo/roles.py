@@ -20,8 +20,13 @@ def _threads(num_cpus: float) -> int:
     return threads
 
 
+def _t(array: np.ndarray) -> torch.Tensor:
+    """A tensor of its own: arrays from Ray's object store are read-only views."""
+    return torch.from_numpy(np.array(array))
+
+
 def _inputs(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {"input_ids": torch.from_numpy(batch["input_ids"]), "attention_mask": torch.from_numpy(batch["attention_mask"])}
+    return {"input_ids": _t(batch["input_ids"]), "attention_mask": _t(batch["attention_mask"])}
 
 
 def _logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -59,18 +64,18 @@ class PolicyRole:
     def train_step(self, batch: dict[str, np.ndarray], clip: float) -> dict[str, float]:
         self.model.train()
         inputs = _inputs(batch)
-        mask = torch.from_numpy(batch["action_mask"])
+        mask = _t(batch["action_mask"])
         logits = self.model(**inputs).logits
         logprobs = _logprobs(logits, inputs["input_ids"], self.temperature)
-        loss, clip_frac, approx_kl = policy_loss(logprobs, torch.from_numpy(batch["old_logprobs"]),
-                                                 torch.from_numpy(batch["advantages"]), mask, clip)
+        loss, clip_frac, approx_kl = policy_loss(logprobs, _t(batch["old_logprobs"]),
+                                                 _t(batch["advantages"]), mask, clip)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
         self.optimizer.step()
         with torch.no_grad():
             entropy = masked_mean(entropy_from_logits(logits[:, :-1] / self.temperature), mask)
-        return {"policy_loss": float(loss), "ppo_clip_ratio": float(clip_frac), "ppo_kl": float(approx_kl),
+        return {"policy_loss": float(loss.detach()), "ppo_clip_ratio": float(clip_frac), "ppo_kl": float(approx_kl),
                 "entropy": float(entropy), "policy_grad_norm": float(grad_norm)}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -133,10 +138,10 @@ class CriticRole:
     def train_step(self, batch: dict[str, np.ndarray], clip: float) -> dict[str, float]:
         self.model.train()
         values = self._values(batch)
-        loss = value_loss(values, torch.from_numpy(batch["old_values"]), torch.from_numpy(batch["returns"]),
-                          torch.from_numpy(batch["action_mask"]), clip)
+        loss = value_loss(values, _t(batch["old_values"]), _t(batch["returns"]),
+                          _t(batch["action_mask"]), clip)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
         self.optimizer.step()
-        return {"critic_loss": float(loss)}
+        return {"critic_loss": float(loss.detach())}

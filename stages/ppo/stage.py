@@ -109,8 +109,9 @@ class PPOStage(Stage):
                                                   True, r.top_p, ctx.seed * 100_003 + step))
             batch = rollout_batch(gens, pad_id)
             t1 = time.time()
-            old_lp, ref_lp, scores, values = ray.get([policy.logprobs.remote(batch), reference.logprobs.remote(batch),
-                                                      reward.score.remote(batch), critic.values.remote(batch)])
+            old_lp, ref_lp, scores, values = (np.array(x) for x in ray.get([  # copies: store objects are read-only
+                policy.logprobs.remote(batch), reference.logprobs.remote(batch), reward.score.remote(batch),
+                critic.values.remote(batch)]))
             t2 = time.time()
             stopped = np.array([g.stopped for g in gens])
             scores = scores - r.missing_eos_penalty * (~stopped)

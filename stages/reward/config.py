@@ -20,6 +20,18 @@ class RewardEvalConfig(StrictModel):
     generation: RewardGenerationConfig = Field(default_factory=RewardGenerationConfig)
 
 
+class OnPolicyPairsConfig(StrictModel):
+    """Pairs from the SFT model's own answers: a sampled answer the checker refuses is the
+    rejected side, the reference answer the chosen one, so the reward model learns the
+    mistakes PPO's policy actually makes."""
+
+    prompts: int = Field(1500, ge=0, description="Training prompts answered by the SFT model (0 = off).")
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(24, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+
 class RewardConfig(AlignTrainConfig):
     epochs: float = Field(2.0, gt=0, description="Passes over the training pairs (when max_steps is null).")
+    on_policy: OnPolicyPairsConfig = Field(default_factory=OnPolicyPairsConfig)
     eval: RewardEvalConfig = Field(default_factory=RewardEvalConfig)

@@ -5,6 +5,7 @@ sampled from the SFT model (Spearman correlation of reward with the checker's ve
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 import numpy as np
@@ -20,6 +21,7 @@ from stages.core.tracking import register_artifact
 from stages.reward.config import RewardConfig
 
 SAMPLED = "sampled_scores.jsonl"
+TRAIN_PAIRS = "train_pairs.jsonl"
 
 
 def registry_name(pipeline: str) -> str:
@@ -38,14 +40,19 @@ class RewardStage(Stage):
     name = "reward"
     config_model = RewardConfig
     inputs = {"model": "sft:model", "train": "align_data:pref_train", "heldout": "align_data:pref_heldout",
-              "prompts": "align_data:sft_heldout"}
+              "prompts": "align_data:sft_heldout", "train_prompts": "align_data:sft_train"}
     registered_defaults = {"model": ("lm", "latest-sft")}
 
     def run(self, ctx: StageContext) -> StageResult:
         cfg: RewardConfig = ctx.config  # type: ignore[assignment]
         sft_dir = ctx.inputs["model"].path
-        history = launch.train(ctx, sft_dir, ctx.inputs["train"].path, ctx.inputs["heldout"].path)
         threads = max(1, int(cfg.distributed.cpus_per_worker))
+        train_pairs = read_rows(ctx.inputs["train"].path)
+        on_policy = self._on_policy_pairs(ctx, cfg, sft_dir, threads)
+        with open(ctx.output_dir / TRAIN_PAIRS, "w", encoding="utf-8") as handle:
+            for row in train_pairs + on_policy:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        history = launch.train(ctx, sft_dir, ctx.output_dir / TRAIN_PAIRS, ctx.inputs["heldout"].path)
         rm, tokenizer = load_reward_model(ctx.output_dir / MODEL_DIR, threads)
         metrics: dict[str, float] = {}
 
@@ -81,8 +88,6 @@ class RewardStage(Stage):
             if rho == rho:
                 metrics[f"spearman.{family}"] = rho
         with open(ctx.output_dir / SAMPLED, "w", encoding="utf-8") as handle:
-            import json
-
             for r, o, s, ok in zip(rows, outs, rewards, passed):
                 handle.write(json.dumps({"family": r["family"], "prompt": r["prompt"], "reference": r["answer"],
                                          "answer": o.text, "reward": float(s), "pass": bool(ok)},
@@ -95,9 +100,32 @@ class RewardStage(Stage):
                      {f: round(np.mean(v), 3) for f, v in sorted(by_family.items())},
                      metrics["spearman_reward_vs_checker"], len(rows), metrics["sampled_pass_rate"])
         return StageResult(counts={"heldout_pairs": len(pairs), "sampled_answers": len(rows),
+                                   "train_pairs": len(train_pairs), "on_policy_pairs": len(on_policy),
                                    "steps": max((h["step"] for h in history), default=0)},
                            metrics=metrics, details={"pairwise_accuracy_by_family": {f: float(np.mean(v)) for f, v in by_family.items()}},
-                           outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "sampled_scores": SAMPLED})
+                           outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "sampled_scores": SAMPLED,
+                                    "train_pairs": TRAIN_PAIRS})
+
+    @staticmethod
+    def _on_policy_pairs(ctx, cfg: RewardConfig, sft_dir, threads: int) -> list[dict]:
+        """(reference answer, the SFT model's refused answer) for a seeded sample of training prompts."""
+        op = cfg.on_policy
+        rows = checkable(read_rows(ctx.inputs["train_prompts"].path), None)
+        if not op.prompts or not rows:
+            return []
+        rng = np.random.default_rng(ctx.seed)
+        rows = [rows[i] for i in rng.choice(len(rows), size=min(op.prompts, len(rows)), replace=False)]
+        policy, tokenizer = load_policy(sft_dir, threads)
+        outs = generate(policy, tokenizer, [r["prompt_text"] for r in rows], op.max_new_tokens, op.batch_size,
+                        do_sample=True, temperature=op.temperature, seed=ctx.seed + 1)
+        pairs = []
+        for row, out in zip(rows, outs):
+            if out.stopped and out.text.strip() and not verdict(row, out.text):
+                pairs.append({**row, "id": f"onpolicy-{row['id']}", "rejected": out.text,
+                              "rejected_text": tokenizer.decode(out.response_ids, skip_special_tokens=False)})
+        ctx.log.info("reward: %d on-policy pairs from %d SFT answers (%d refused by the checkers)", len(pairs),
+                     len(outs), sum(not verdict(r, o.text) for r, o in zip(rows, outs)))
+        return pairs
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         name = registry_name(pipeline_name)

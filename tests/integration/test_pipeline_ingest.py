@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import pytest
@@ -145,43 +144,3 @@ def test_run_until_quality_chains_stages_by_run_id(home, prefect_server, tmp_pat
     assert manifest["details"]["classifier"] == "registered: lmforge-tiny-quality@latest"
     removed = [json.loads(line) for line in (out / "removed.jsonl").read_text().splitlines()]
     assert removed[0]["quality_score"] is not None and removed[0]["lang"] == "en"
-
-
-def test_run_until_pretrain_trains_on_tokenize_outputs_by_digest(home, prefect_server, tmp_path):
-    """The tiny pipeline through pretraining: lineage by run id and by content digest."""
-    from stages.core.digests import sha256_json
-
-    args = ["run", "--config", str(TINY), "--until", "pretrain",
-            "--set", f"engines.prefect.port={prefect_server['port']}"]
-    summary = last_json(run_cli(args).stdout)
-    assert list(summary["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain"]
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-    tok_run, pre_run = summary["stages"]["tokenize"], summary["stages"]["pretrain"]
-    tok_dir = Path(client.download_artifacts(tok_run, "", dst_path=str(tmp_path / "tok")))
-    client.download_artifacts(pre_run, "manifest.json", dst_path=str(tmp_path / "pre"))
-    tok_manifest = json.loads((tok_dir / "manifest.json").read_text())
-    pre_manifest = json.loads((tmp_path / "pre" / "manifest.json").read_text())
-
-    # the tokens pretrain read are exactly the files tokenize wrote (digests recomputed here)
-    token_files = {k: v for k, v in tok_manifest["outputs"].items() if k.startswith("tokens/")}
-    assert any(k.endswith(".bin") for k in token_files)
-    for rel, digest in token_files.items():
-        assert sha256_file(tok_dir / rel) == digest
-    assert pre_manifest["inputs"]["tokens"]["digest"] == sha256_json(sorted(token_files.items()))
-    assert pre_manifest["inputs"]["tokens"]["run_id"] == tok_run
-    assert pre_manifest["upstream_run_ids"] == [tok_run]
-    assert tok_manifest["upstream_run_ids"] == [summary["stages"]["quality"]]
-
-    pre = client.get_run(pre_run)
-    assert pre.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
-    history = client.get_metric_history(pre_run, "loss")
-    assert [m.step for m in history][:2] == [1, 5] and history[-1].step == 30  # rank 0's step metrics
-    assert {"val_loss", "perplexity", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(pre.data.metrics)
-    assert pre.data.metrics["final_val_loss"] < pre.data.metrics["first_val_loss"]
-    assert {"loss_curve.png", "train_log.jsonl", "model"} <= {a.path for a in client.list_artifacts(pre_run)}
-    lm = client.get_model_version_by_alias("lmforge-tiny-lm", "latest-pretrain")
-    assert lm.run_id == pre_run
-    tokenizer = client.search_model_versions("name = 'lmforge-tiny-tokenizer'")
-    assert [v.run_id for v in tokenizer] == [tok_run]
-    tok = client.get_run(tok_run)
-    assert tok.data.metrics["packing_efficiency"] > 0.99 and tok.data.metrics["val_unigram_entropy"] > 3

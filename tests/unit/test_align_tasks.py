@@ -53,10 +53,11 @@ def test_known_answers():
     assert FAMILIES["count_words"].make(s, "a", rng).answer == "6"
     assert FAMILIES["count_words"].check(FAMILIES["count_words"].make(s, "a", rng), "There are 6 words.")
     assert FAMILIES["uppercase"].make(s, "a", rng).answer == "MOST OPTIONS CAN BE CHANGED LATER."
-    nth = FAMILIES["nth_word"].make(s, "a", random.Random(3))
-    position = ["first", "second", "third", "fourth", "fifth", "sixth"].index(nth.prompt.split()[3])
-    assert nth.answer == s.rstrip(".").split()[position].lower()
-    assert FAMILIES["nth_word"].check(nth, nth.answer.capitalize() + ".")
+    for seed in range(6):  # first, second or third word, copied as written
+        nth = FAMILIES["nth_word"].make(s, "a", random.Random(seed))
+        position = ["first", "second", "third"].index(nth.prompt.split()[3])
+        assert nth.answer == s.rstrip(".").split()[position]
+        assert FAMILIES["nth_word"].check(nth, nth.answer.lower() + ".")  # case and punctuation are not the task
     lang = FAMILIES["language"].make(SENTENCES[2][1], "b", rng, "de")
     assert lang.answer == "German" and FAMILIES["language"].check(lang, "German.")
     assert FAMILIES["language"].make("Too short here", "c", rng, "en") is None

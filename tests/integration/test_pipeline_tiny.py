@@ -1,0 +1,105 @@
+"""The tiny pipeline end to end on real Ray, MLflow and Prefect: data stages, tokenize
+and pretrain (lineage by content digest), then align_data -> sft -> reward -> ppo, and
+the DPO path reusing every stage up to sft."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from stages.core.digests import sha256_file
+from tests.conftest import TINY, last_json, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_path):
+    """The whole tiny pipeline through PPO, then the DPO path reusing everything up to sft."""
+    from stages.core.digests import sha256_json
+
+    args = ["run", "--config", str(TINY), "--until", "ppo", "--set", f"engines.prefect.port={prefect_server['port']}"]
+    summary = last_json(run_cli(args).stdout)
+    assert list(summary["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft",
+                                       "reward", "ppo"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    tok_run, pre_run = summary["stages"]["tokenize"], summary["stages"]["pretrain"]
+    tok_dir = Path(client.download_artifacts(tok_run, "", dst_path=str(tmp_path / "tok")))
+    client.download_artifacts(pre_run, "manifest.json", dst_path=str(tmp_path / "pre"))
+    tok_manifest = json.loads((tok_dir / "manifest.json").read_text())
+    pre_manifest = json.loads((tmp_path / "pre" / "manifest.json").read_text())
+
+    # the tokens pretrain read are exactly the files tokenize wrote (digests recomputed here)
+    token_files = {k: v for k, v in tok_manifest["outputs"].items() if k.startswith("tokens/")}
+    assert any(k.endswith(".bin") for k in token_files)
+    for rel, digest in token_files.items():
+        assert sha256_file(tok_dir / rel) == digest
+    assert pre_manifest["inputs"]["tokens"]["digest"] == sha256_json(sorted(token_files.items()))
+    assert pre_manifest["inputs"]["tokens"]["run_id"] == tok_run
+    assert pre_manifest["upstream_run_ids"] == [tok_run]
+    assert tok_manifest["upstream_run_ids"] == [summary["stages"]["quality"]]
+
+    pre = client.get_run(pre_run)
+    assert pre.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
+    history = client.get_metric_history(pre_run, "loss")
+    assert [m.step for m in history][:2] == [1, 5] and history[-1].step == 30  # rank 0's step metrics
+    assert {"val_loss", "perplexity", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(pre.data.metrics)
+    assert pre.data.metrics["final_val_loss"] < pre.data.metrics["first_val_loss"]
+    assert {"loss_curve.png", "train_log.jsonl", "model"} <= {a.path for a in client.list_artifacts(pre_run)}
+    lm = client.get_model_version_by_alias("lmforge-tiny-lm", "latest-pretrain")
+    assert lm.run_id == pre_run
+    tokenizer = client.search_model_versions("name = 'lmforge-tiny-tokenizer'")
+    assert [v.run_id for v in tokenizer] == [tok_run]
+    tok = client.get_run(tok_run)
+    assert tok.data.metrics["packing_efficiency"] > 0.99 and tok.data.metrics["val_unigram_entropy"] > 3
+    _check_alignment(client, summary, tmp_path)
+
+    # the DPO path: every stage up to sft is a cache hit; dpo runs from the same SFT run
+    dpo_args = args[:4] + ["dpo", *args[5:], "--set", "pipeline.alignment=dpo"]
+    dpo = last_json(run_cli(dpo_args).stdout)
+    assert list(dpo["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft", "dpo"]
+    assert dpo["cache_hits"] == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft"]
+    assert dpo["stages"]["sft"] == summary["stages"]["sft"]
+    run = client.get_run(dpo["stages"]["dpo"])
+    assert run.data.tags["mlflow.parentRunId"] == dpo["pipeline_run_id"]
+    assert {"heldout_pair_accuracy", "sft.pass_rate", "dpo.pass_rate", "dpo.kl_to_sft",
+            "dpo_minus_sft.pass_rate.ci_low"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")][-1] == 6
+    assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-dpo").run_id == run.info.run_id
+    manifest = json.loads(Path(client.download_artifacts(run.info.run_id, "manifest.json", str(tmp_path / "dpo"))).read_text())
+    assert manifest["inputs"]["model"]["run_id"] == summary["stages"]["sft"]
+
+
+def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> None:
+    runs = summary["stages"]
+    align = client.get_run(runs["align_data"])
+    assert align.data.metrics["count.sft_train"] > 300 and align.data.metrics["count.pref_heldout"] > 10
+    assert 0 <= align.data.metrics["contamination_rate"] < 0.5
+    assert "majority_baseline.language" in align.data.metrics
+
+    sft = client.get_run(runs["sft"])
+    assert sft.data.metrics["heldout_loss"] < sft.data.metrics["heldout_loss_start"]
+    assert {"base.pass_rate", "sft.pass_rate", "sft_minus_base.ci_low"} <= set(sft.data.metrics)
+    assert "samples_table.json" in {a.path for a in client.list_artifacts(sft.info.run_id)}
+    assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-sft").run_id == sft.info.run_id
+
+    reward = client.get_run(runs["reward"])
+    assert 0 <= reward.data.metrics["pairwise_accuracy"] <= 1
+    assert {"heldout_accuracy", "spearman_reward_vs_checker"} <= set(reward.data.metrics)
+    assert client.get_model_version_by_alias("lmforge-tiny-reward", "latest-reward").run_id == reward.info.run_id
+
+    ppo = client.get_run(runs["ppo"])
+    names = {"reward", "kl", "entropy", "policy_loss", "critic_loss", "ppo_clip_ratio", "ppo_kl", "response_length",
+             "return", "time_generation_s", "time_scoring_s", "time_training_s"}
+    assert names <= set(ppo.data.metrics)
+    assert [m.step for m in client.get_metric_history(ppo.info.run_id, "reward")] == [1, 2, 3]
+    assert {"sft.pass_rate", "ppo.pass_rate", "sft.mean_reward", "ppo.mean_reward", "ppo.kl_to_sft",
+            "ppo_minus_sft.reward.ci_low"} <= set(ppo.data.metrics)
+    assert abs(ppo.data.metrics["sft.kl_to_sft"]) < 1e-3  # before any update the policy is the reference
+    assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-ppo").run_id == ppo.info.run_id
+    manifest = json.loads(Path(client.download_artifacts(runs["ppo"], "manifest.json", str(tmp_path / "ppo"))).read_text())
+    assert manifest["inputs"]["model"]["run_id"] == runs["sft"]
+    assert manifest["inputs"]["reward_model"]["run_id"] == runs["reward"]
+
