@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.alignment.objectives import entropy_from_logits, masked_mean, policy_loss, value_loss
+from stages.alignment.objectives import policy_loss, value_loss
 
 
 def _threads(num_cpus: float) -> int:
@@ -29,9 +29,27 @@ def _inputs(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {"input_ids": _t(batch["input_ids"]), "attention_mask": _t(batch["attention_mask"])}
 
 
-def _logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
-    return torch.gather(logp, 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+def answer_logits(model, inputs: dict[str, torch.Tensor], action_mask: torch.Tensor) -> torch.Tensor:
+    """Logits at the answer positions only, [N, vocab]: the LM head (vocab x hidden, most of
+    a small model's FLOPs) runs on the few answer tokens, not on every prompt token."""
+    hidden = model.model(**inputs).last_hidden_state[:, :-1]
+    return model.lm_head(hidden[action_mask.bool()]).float()
+
+
+def answer_logprobs(model, inputs: dict[str, torch.Tensor], action_mask: torch.Tensor, temperature: float,
+                    with_entropy: bool = False):
+    """log p(token t+1) at every answer position of ``action_mask`` [B, T-1] (0 elsewhere),
+    and optionally the mean entropy over those positions."""
+    logits = answer_logits(model, inputs, action_mask) / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    targets = inputs["input_ids"][:, 1:][action_mask.bool()]
+    out = torch.zeros(action_mask.shape, dtype=logp.dtype)
+    out[action_mask.bool()] = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+    if not with_entropy:
+        return out
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1).mean()
+    return out, entropy
 
 
 class PolicyRole:
@@ -58,23 +76,19 @@ class PolicyRole:
     @torch.no_grad()
     def logprobs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         self.model.eval()
-        inputs = _inputs(batch)
-        return _logprobs(self.model(**inputs).logits, inputs["input_ids"], self.temperature).numpy()
+        return answer_logprobs(self.model, _inputs(batch), _t(batch["action_mask"]), self.temperature).numpy()
 
     def train_step(self, batch: dict[str, np.ndarray], clip: float) -> dict[str, float]:
         self.model.train()
         inputs = _inputs(batch)
         mask = _t(batch["action_mask"])
-        logits = self.model(**inputs).logits
-        logprobs = _logprobs(logits, inputs["input_ids"], self.temperature)
+        logprobs, entropy = answer_logprobs(self.model, inputs, mask, self.temperature, with_entropy=True)
         loss, clip_frac, approx_kl = policy_loss(logprobs, _t(batch["old_logprobs"]),
                                                  _t(batch["advantages"]), mask, clip)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
         self.optimizer.step()
-        with torch.no_grad():
-            entropy = masked_mean(entropy_from_logits(logits[:, :-1] / self.temperature), mask)
         return {"policy_loss": float(loss.detach()), "ppo_clip_ratio": float(clip_frac), "ppo_kl": float(approx_kl),
                 "entropy": float(entropy), "policy_grad_norm": float(grad_norm)}
 
@@ -94,8 +108,7 @@ class ReferenceRole:
 
     @torch.no_grad()
     def logprobs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        inputs = _inputs(batch)
-        return _logprobs(self.model(**inputs).logits, inputs["input_ids"], self.temperature).numpy()
+        return answer_logprobs(self.model, _inputs(batch), _t(batch["action_mask"]), self.temperature).numpy()
 
 
 class RewardRole:

@@ -22,10 +22,12 @@ class RewardEvalConfig(StrictModel):
 
 class OnPolicyPairsConfig(StrictModel):
     """Pairs from the SFT model's own answers: a sampled answer the checker refuses is the
-    rejected side, the reference answer the chosen one, so the reward model learns the
-    mistakes PPO's policy actually makes."""
+    rejected side, an accepted one (or the reference) the chosen one, so the reward model
+    learns to rank the answers PPO's policy actually gives."""
 
     prompts: int = Field(1500, ge=0, description="Training prompts answered by the SFT model (0 = off).")
+    samples_per_prompt: int = Field(4, ge=1, description="Answers sampled per prompt.")
+    max_pairs_per_prompt: int = Field(2, ge=1, description="Refused answers paired with an accepted one, per prompt.")
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(64, ge=1)

@@ -108,7 +108,9 @@ class RewardStage(Stage):
 
     @staticmethod
     def _on_policy_pairs(ctx, cfg: RewardConfig, sft_dir, threads: int) -> list[dict]:
-        """(reference answer, the SFT model's refused answer) for a seeded sample of training prompts."""
+        """Pairs among the SFT model's own answers to a seeded sample of training prompts:
+        chosen = an answer the checker accepts (its own if one was sampled, else the
+        reference), rejected = each distinct answer it refuses. PPO ranks exactly these."""
         op = cfg.on_policy
         rows = checkable(read_rows(ctx.inputs["train_prompts"].path), None)
         if not op.prompts or not rows:
@@ -116,15 +118,24 @@ class RewardStage(Stage):
         rng = np.random.default_rng(ctx.seed)
         rows = [rows[i] for i in rng.choice(len(rows), size=min(op.prompts, len(rows)), replace=False)]
         policy, tokenizer = load_policy(sft_dir, threads)
-        outs = generate(policy, tokenizer, [r["prompt_text"] for r in rows], op.max_new_tokens, op.batch_size,
+        asked = [r for r in rows for _ in range(op.samples_per_prompt)]
+        outs = generate(policy, tokenizer, [r["prompt_text"] for r in asked], op.max_new_tokens, op.batch_size,
                         do_sample=True, temperature=op.temperature, seed=ctx.seed + 1)
-        pairs = []
-        for row, out in zip(rows, outs):
-            if out.stopped and out.text.strip() and not verdict(row, out.text):
-                pairs.append({**row, "id": f"onpolicy-{row['id']}", "rejected": out.text,
-                              "rejected_text": tokenizer.decode(out.response_ids, skip_special_tokens=False)})
-        ctx.log.info("reward: %d on-policy pairs from %d SFT answers (%d refused by the checkers)", len(pairs),
-                     len(outs), sum(not verdict(r, o.text) for r, o in zip(rows, outs)))
+        pairs, refused = [], 0
+        for k, row in enumerate(rows):
+            answers = outs[k * op.samples_per_prompt:(k + 1) * op.samples_per_prompt]
+            good = [o for o in answers if o.stopped and verdict(row, o.text)]
+            bad = {o.text.strip(): o for o in answers if not verdict(row, o.text) and o.text.strip()}
+            refused += sum(not verdict(row, o.text) for o in answers)
+            chosen = tokenizer.decode(good[0].response_ids, skip_special_tokens=False) if good else row["response_text"]
+            for j, (text, o) in enumerate(sorted(bad.items())[:op.max_pairs_per_prompt]):
+                rejected = tokenizer.decode(o.response_ids, skip_special_tokens=False)
+                if not o.stopped:
+                    rejected = text  # cut at the length limit: no end-of-turn token
+                pairs.append({**row, "id": f"onpolicy-{row['id']}-{j}", "response_text": chosen, "rejected": text,
+                              "rejected_text": rejected})
+        ctx.log.info("reward: %d on-policy pairs from %d SFT answers to %d prompts (%d refused by the checkers)",
+                     len(pairs), len(outs), len(rows), refused)
         return pairs
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:

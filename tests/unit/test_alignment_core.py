@@ -136,3 +136,21 @@ def test_rollout_batch_marks_answer_tokens():
     batch = rollout_batch(gens, pad_id=0)
     assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5], [1, 6, 7, 8, 0]]
     assert batch["action_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 0]]
+
+
+def test_answer_logprobs_equal_full_logits_on_answer_positions():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stages.ppo.roles import answer_logprobs
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)).eval()
+    ids = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0]])
+    attention = (ids != 0).long()
+    mask = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
+    with torch.no_grad():
+        full = token_logprobs(model(input_ids=ids, attention_mask=attention).logits / 0.7, ids) * mask
+        fast, entropy = answer_logprobs(model, {"input_ids": ids, "attention_mask": attention}, mask, 0.7, True)
+    assert torch.allclose(full, fast, atol=1e-5)
+    assert 0 < entropy.item() < math.log(50)
