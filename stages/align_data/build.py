@@ -132,13 +132,25 @@ def qa_examples(pairs: list[sources.QAPair], split: str, want: int, cfg: AlignDa
     return _shuffled(out, seed, f"qa:{split}")[:want]
 
 
-def preference_pairs(examples: list[Example], seed: int) -> list[tuple[Example, str]]:
-    """(example, rejected answer): the checker accepts ``example.answer`` and refuses the other."""
+def preference_pairs(examples: list[Example], seed: int, wrong_task_share: float = 0.0) -> list[tuple[Example, str]]:
+    """(example, rejected answer): the checker accepts ``example.answer`` and refuses the other.
+
+    Most rejected answers come from the family's own ``reject`` (off by one, half done,
+    another language); a ``wrong_task_share`` of them is a right-looking answer to another
+    family's task ("English" to a question-type prompt, "7" to a language prompt), so the
+    reward model learns that an answer must fit the question, which PPO otherwise exploits."""
+    answers_by_family: dict[str, list[str]] = defaultdict(list)
+    for example in examples:
+        answers_by_family[example.family].append(example.answer)
     out = []
     for example in examples:
         family = FAMILIES[example.family]
         rng = random.Random(f"{seed}:reject:{example.source_id}:{example.family}")
-        rejected = family.reject(example, rng)
+        others = [f for f in sorted(answers_by_family) if f != example.family]
+        if others and rng.random() < wrong_task_share:
+            rejected = rng.choice(answers_by_family[rng.choice(others)])
+        else:
+            rejected = family.reject(example, rng)
         if family.check(example, example.answer) and not family.check(example, rejected):
             out.append((example, rejected))
     return out

@@ -3,7 +3,7 @@ the four Ray actors (policy, critic, reference, reward)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -42,6 +42,8 @@ class PPOEvalConfig(GenerationConfig):
 
 class PPOConfig(StageConfig):
     steps: int = Field(60, ge=1, description="PPO steps (rollout batch + update).")
+    families: Optional[list[str]] = Field(None, description="Train on prompts of these families only; null = all "
+                                                             "checkable ones (evaluation always covers all).")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
     mini_batch_size: int = Field(16, ge=1, description="Answers per gradient step.")

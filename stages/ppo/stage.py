@@ -24,6 +24,7 @@ from stages.alignment.evaluate import checkable, paired_difference, pass_rates, 
 from stages.alignment.objectives import gae, masked_mean, masked_whiten, shaped_rewards
 from stages.alignment.trainer import MODEL_DIR
 from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
 from stages.core.tracking import register_artifact
 from stages.ppo.config import PPOConfig
@@ -71,7 +72,11 @@ class PPOStage(Stage):
 
         cfg: PPOConfig = ctx.config  # type: ignore[assignment]
         sft_dir, rm_dir = str(ctx.inputs["model"].path), str(ctx.inputs["reward_model"].path)
-        prompts = checkable(read_rows(ctx.inputs["prompts"].path), None)
+        prompts = [r for r in checkable(read_rows(ctx.inputs["prompts"].path), None)
+                   if cfg.families is None or r["family"] in cfg.families]
+        if len(prompts) < cfg.rollout.batch_size:
+            raise StageError(f"ppo: {len(prompts)} training prompts for families {cfg.families}, fewer than "
+                             f"ppo.rollout.batch_size={cfg.rollout.batch_size}")
         heldout = checkable(read_rows(ctx.inputs["heldout"].path), cfg.eval.heldout_per_family)
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
         from transformers import AutoTokenizer

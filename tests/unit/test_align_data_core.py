@@ -85,6 +85,10 @@ def test_preference_pairs_are_accepted_and_refused_by_the_checker():
     for example, rejected in pairs:
         family = FAMILIES[example.family]
         assert family.check(example, example.answer) and not family.check(example, rejected)
+    # wrong-task rejections answer another family's question
+    mixed = build.preference_pairs(examples, seed=0, wrong_task_share=1.0)
+    others = {e.family: {x.answer for x in examples if x.family != e.family} for e in examples}
+    assert mixed and all(rejected in others[e.family] for e, rejected in mixed)
 
 
 def test_readers_parse_package_layouts_and_quarantine_bad_lines(tmp_path):
