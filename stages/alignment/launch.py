@@ -4,7 +4,6 @@ same scaling, placement and environment as pretraining, then copy the final mode
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from stages.core.contract import StageContext
 from stages.core.errors import ConfigError, StageError
 from stages.core.paths import lmforge_home
 from stages.core.ray_runtime import ensure_ray
+from stages.core.tracking import register_artifact
+from stages.pretrain.distributed import scaling_config, train_env
 
 
 def check_batch(stage: str, cfg) -> None:
@@ -23,28 +24,17 @@ def check_batch(stage: str, cfg) -> None:
                           f"{stage}.micro_batch_size x distributed.num_workers = {per_step}")
 
 
-def local_ray_env(ctx: StageContext) -> None:
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    if not ctx.ray_address:
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "5")
-        os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-
-
 def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Path) -> list[dict[str, Any]]:
     """Run the stage's recipe on Ray Train; the model lands in ``ctx.output_dir/model``.
     Returns the step history (also written as ``train_log.jsonl``)."""
-    import ray
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     cfg = ctx.config
     check_batch(ctx.stage, cfg)
-    local_ray_env(ctx)
+    train_env(ctx.ray_address)
     ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
     dist = cfg.distributed
-    gpus = ray.cluster_resources().get("GPU", 0)
-    use_gpu = dist.use_gpu == "yes" or (dist.use_gpu == "auto" and gpus >= dist.num_workers)
     tracker = ctx.tracker
     job = {"stage": ctx.stage, "config_model": type(cfg), "config": cfg.model_dump(mode="json"),
            "model_dir": str(model_dir), "train": str(train_rows), "heldout": str(heldout_rows), "seed": ctx.seed,
@@ -53,9 +43,7 @@ def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Pa
     name = f"{ctx.stage}-{ctx.cache_key[:20] or 'adhoc'}"
     trainer = TorchTrainer(
         train_worker, train_loop_config=job,
-        scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": dist.cpus_per_worker},
-                                     placement_strategy=dist.placement_strategy),
+        scaling_config=scaling_config(dist),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              failure_config=FailureConfig(max_failures=dist.max_failures)),
     )
@@ -71,3 +59,14 @@ def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Pa
         shutil.copy2(final / TRAIN_LOG, out / TRAIN_LOG)
     shutil.rmtree(storage / name, ignore_errors=True)
     return [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
+
+
+def register_policy(tracker, run_id: str, output_dir: Path, pipeline_name: str, alias: str) -> dict[str, str]:
+    """Log the sample table (prompt, answers, verdicts) and register the model as
+    ``lmforge-<cfg>-lm@<alias>``: what sft, ppo and dpo do once their artifacts are logged."""
+    samples = output_dir / "samples.json"
+    if samples.exists():
+        tracker.client.log_table(run_id, data=json.loads(samples.read_text()), artifact_file="samples_table.json")
+    name = f"lmforge-{pipeline_name}-lm"
+    version = register_artifact(tracker, name, run_id, MODEL_DIR, alias)
+    return {"lmforge.registered_model": f"{name}/{version}"}

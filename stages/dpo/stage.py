@@ -20,10 +20,9 @@ from stages.alignment.generate import generate, load_policy
 from stages.alignment.objectives import sequence_logprob
 from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
 from stages.core.contract import Stage, StageContext, StageResult
-from stages.core.tracking import register_artifact
 from stages.dpo.config import DPOConfig
 from stages.ppo.stage import EVAL_FILE, rollout_batch
-from stages.sft.stage import SAMPLES, lm_registry_name, log_sample_table
+from stages.sft.stage import SAMPLES
 
 
 @torch.no_grad()
@@ -114,7 +113,4 @@ class DPOStage(Stage):
                                     "heldout_eval": EVAL_FILE})
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
-        log_sample_table(tracker, run_id, output_dir)
-        name = lm_registry_name(pipeline_name)
-        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-dpo")
-        return {"lmforge.registered_model": f"{name}/{version}"}
+        return launch.register_policy(tracker, run_id, output_dir, pipeline_name, "latest-dpo")

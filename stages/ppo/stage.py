@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stages.alignment import launch
 from stages.alignment.data import read_rows
 from stages.alignment.evaluate import checkable, paired_difference, pass_rates, sample_table, verdict
 from stages.alignment.objectives import gae, masked_mean, masked_whiten, shaped_rewards
@@ -26,10 +27,9 @@ from stages.alignment.trainer import MODEL_DIR
 from stages.core.contract import Stage, StageContext, StageResult
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
-from stages.core.tracking import register_artifact
 from stages.ppo.config import PPOConfig
 from stages.ppo.roles import CriticRole, PolicyRole, ReferenceRole, RewardRole
-from stages.sft.stage import SAMPLES, lm_registry_name, log_sample_table
+from stages.sft.stage import SAMPLES
 
 HISTORY = "ppo_log.jsonl"
 EVAL_FILE = "heldout_eval.jsonl"
@@ -246,7 +246,4 @@ class PPOStage(Stage):
                                     "heldout_eval": EVAL_FILE})
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
-        log_sample_table(tracker, run_id, output_dir)
-        name = lm_registry_name(pipeline_name)
-        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-ppo")
-        return {"lmforge.registered_model": f"{name}/{version}"}
+        return launch.register_policy(tracker, run_id, output_dir, pipeline_name, "latest-ppo")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from stages.core.paths import lmforge_home
 from stages.core.ray_runtime import ensure_ray
 from stages.core.tracking import register_artifact
 from stages.pretrain.config import PretrainConfig
+from stages.pretrain.distributed import scaling_config, train_env
 from stages.pretrain.loop import CHECKPOINT_MARKER, MODEL_DIR, SAVE_CHECK, TRAIN_LOG, train_worker
 from stages.pretrain.plots import write_loss_curve
 
@@ -63,28 +63,18 @@ class PretrainStage(Stage):
     inputs = {"tokens": "tokenize:tokens", "tokenizer": "tokenize:tokenizer"}
 
     def run(self, ctx: StageContext) -> StageResult:
-        import ray
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig
         from ray.train.torch import TorchTrainer
 
         from stages.tokenize.packed import PackedDataset
 
         cfg: PretrainConfig = ctx.config  # type: ignore[assignment]
-        # Ray Train's print patch tees every worker print into its logger: each line twice
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        if not ctx.ray_address:
-            # a local cluster on a few cores: Ray Train's pollers compete with the one worker
-            # for CPU; no spot preemption to watch, and a 5 s health check is plenty
-            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "5")
-            os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")  # Prometheus export nobody scrapes here
+        train_env(ctx.ray_address)
         tokens = ctx.inputs["tokens"].path
         train, val = PackedDataset(tokens, "train"), PackedDataset(tokens, "val")
         check_batch(cfg, train.seq_len)
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
         dist = cfg.distributed
-        gpus = ray.cluster_resources().get("GPU", 0)
-        use_gpu = dist.use_gpu == "yes" or (dist.use_gpu == "auto" and gpus >= dist.num_workers)
         storage = lmforge_home() / "train"
         run_name = f"pretrain-{ctx.cache_key[:20] or 'adhoc'}"
         resume = latest_checkpoint(storage / run_name, dist.num_workers)
@@ -97,9 +87,7 @@ class PretrainStage(Stage):
                "resume_from": str(resume) if resume else None}
         trainer = TorchTrainer(
             train_worker, train_loop_config=job,
-            scaling_config=ScalingConfig(num_workers=dist.num_workers, use_gpu=use_gpu,
-                                         resources_per_worker={"CPU": dist.cpus_per_worker},
-                                         placement_strategy=dist.placement_strategy),
+            scaling_config=scaling_config(dist),
             run_config=RunConfig(name=run_name, storage_path=str(storage),
                                  failure_config=FailureConfig(max_failures=dist.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),

@@ -14,15 +14,10 @@ from stages.alignment.evaluate import checkable, pass_rates, paired_difference, 
 from stages.alignment.generate import generate, load_policy
 from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
 from stages.core.contract import Stage, StageContext, StageResult
-from stages.core.tracking import register_artifact
 from stages.sft.config import SFTConfig
 
 SAMPLES = "samples.json"
 EVAL_FILE = "heldout_eval.jsonl"
-
-
-def lm_registry_name(pipeline: str) -> str:
-    return f"lmforge-{pipeline}-lm"
 
 
 def evaluate_models(models: dict[str, Path], rows: list[dict], gen, seed: int, threads: int) -> dict[str, Any]:
@@ -50,12 +45,6 @@ def write_eval(out: Path, rows: list[dict], result: dict[str, Any], per_family: 
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     table = sample_table(rows, result["answers"], result["verdicts"], per_family)
     (out / SAMPLES).write_text(json.dumps(table, ensure_ascii=False, indent=1))
-
-
-def log_sample_table(tracker, run_id: str, output_dir: Path) -> None:
-    path = output_dir / SAMPLES
-    if path.exists():
-        tracker.client.log_table(run_id, data=json.loads(path.read_text()), artifact_file="samples_table.json")
 
 
 class SFTStage(Stage):
@@ -95,7 +84,4 @@ class SFTStage(Stage):
             outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "samples": SAMPLES, "heldout_eval": EVAL_FILE})
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
-        log_sample_table(tracker, run_id, output_dir)
-        name = lm_registry_name(pipeline_name)
-        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-sft")
-        return {"lmforge.registered_model": f"{name}/{version}"}
+        return launch.register_policy(tracker, run_id, output_dir, pipeline_name, "latest-sft")
