@@ -41,6 +41,7 @@ def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Pa
            "run_id": ctx.run_id, "tracking_uri": tracker.tracking_uri if tracker is not None else None}
     storage = lmforge_home() / "train"
     name = f"{ctx.stage}-{ctx.cache_key[:20] or 'adhoc'}"
+    shutil.rmtree(storage / name, ignore_errors=True)  # no mid-run checkpoints: a rerun starts clean
     trainer = TorchTrainer(
         train_worker, train_loop_config=job,
         scaling_config=scaling_config(dist),
