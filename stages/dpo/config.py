@@ -10,7 +10,8 @@ from stages.ppo.config import PPOEvalConfig
 
 
 class DPOOptimConfig(AlignOptimConfig):
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW); DPO wants a small one.")
+    # measured on the demo: 2e-4 drove the policy to KL 23.8 nats from SFT, 2e-5 to 0.5
+    lr: float = Field(2e-5, gt=0, description="Peak learning rate (AdamW); DPO wants a small one.")
 
 
 class DPOConfig(AlignTrainConfig):
