@@ -56,7 +56,7 @@ def encode_pairs(rows: list[dict], tokenizer, max_len: int) -> list[PairItem]:
 
 def pack_sft(items: list[SFTItem], max_len: int) -> list[SFTItem]:
     """Greedy packing in order: examples back to back up to ``max_len``; positions restart
-    per example (``position_groups``), so attention stays inside each one."""
+    per example (``lengths``), so attention stays inside each one."""
     packed: list[SFTItem] = []
     ids: list[int] = []
     labels: list[int] = []
@@ -107,5 +107,4 @@ def pair_batch(items: list[PairItem], pad_id: int) -> dict[str, np.ndarray]:
     for k, (s, start) in enumerate(zip(seqs, starts)):
         ids[k, :len(s)], mask[k, :len(s)] = s, 1
         response[k, start:len(s)] = 1.0
-    return {"input_ids": ids, "attention_mask": mask, "response_mask": response,
-            "last_index": mask.sum(1) - 1}
+    return {"input_ids": ids, "attention_mask": mask, "response_mask": response}

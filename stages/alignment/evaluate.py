@@ -4,12 +4,17 @@ generations for the MLflow table."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stages.align_data.tasks import FAMILIES, Example
+
+EVAL_FILE = "heldout_eval.jsonl"
+SAMPLES = "samples.json"
 
 
 def checkable(rows: list[dict], per_family: int | None) -> list[dict]:
@@ -79,3 +84,20 @@ def sample_table(rows: list[dict], answers: dict[str, list[str]], verdicts: dict
             table[f"{model}_answer"].append(texts[k])
             table[f"{model}_pass"].append(bool(verdicts[model][k]))
     return dict(table)
+
+
+def write_heldout(out: Path, rows: list[dict], answers: dict[str, list[str]], verdicts: dict[str, list[bool]],
+                  per_family: int, rewards: dict[str, list[float]] | None = None) -> None:
+    """Every held-out prompt with each model's answer, verdict (and reward) as JSONL, and the
+    per-family sample table that ``register_policy`` logs to MLflow."""
+    with open(out / EVAL_FILE, "w", encoding="utf-8") as handle:
+        for k, row in enumerate(rows):
+            record = {"id": row["id"], "family": row["family"], "prompt": row["prompt"], "reference": row["answer"]}
+            for name in answers:
+                record[f"{name}_answer"] = answers[name][k]
+                record[f"{name}_pass"] = verdicts[name][k]
+                if rewards:
+                    record[f"{name}_reward"] = rewards[name][k]
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    (out / SAMPLES).write_text(json.dumps(sample_table(rows, answers, verdicts, per_family), ensure_ascii=False,
+                                          indent=1))

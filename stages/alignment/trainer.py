@@ -21,6 +21,13 @@ TRAIN_LOG = "train_log.jsonl"
 MARKER = "lmforge_checkpoint.json"
 
 
+def copy_tokenizer_files(source: Path, dest: Path) -> None:
+    """The tokenizer and chat template travel with every saved model folder."""
+    for item in source.iterdir():
+        if item.is_file() and ("token" in item.name or item.name == "chat_template.jinja"):
+            shutil.copy2(item, dest / item.name)
+
+
 def load_model(model_dir: str, kind: str, pad_id: int):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -140,9 +147,7 @@ def train_worker(job: dict[str, Any]) -> None:
                 state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
             out = Path(folder) / MODEL_DIR
             module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
-            for item in Path(job["model_dir"]).iterdir():
-                if item.is_file() and ("token" in item.name or item.name == "chat_template.jinja"):
-                    shutil.copy2(item, out / item.name)
+            copy_tokenizer_files(Path(job["model_dir"]), out)
             (Path(folder) / TRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in logger.history))
             (Path(folder) / MARKER).write_text(json.dumps({"step": steps, "final": True, "world_size": world}))
         ray.train.report({"step": steps}, checkpoint=Checkpoint.from_directory(folder))

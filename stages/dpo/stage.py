@@ -6,7 +6,6 @@ given) so MLflow shows the two side by side."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,22 @@ import torch
 
 from stages.alignment import launch
 from stages.alignment.data import read_rows
-from stages.alignment.evaluate import checkable, paired_difference, pass_rates, sample_table, verdict
+from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, paired_difference, pass_rates, verdict,
+                                       write_heldout)
 from stages.alignment.generate import generate, load_policy
-from stages.alignment.objectives import sequence_logprob
 from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
 from stages.core.contract import Stage, StageContext, StageResult
 from stages.dpo.config import DPOConfig
-from stages.ppo.stage import EVAL_FILE, rollout_batch
-from stages.sft.stage import SAMPLES
+from stages.ppo.roles import answer_logprobs
+from stages.ppo.stage import rollout_batch
 
 
 @torch.no_grad()
 def answer_logprob(model, batch: dict[str, np.ndarray]) -> np.ndarray:
-    ids = torch.from_numpy(batch["input_ids"])
-    logits = model(input_ids=ids, attention_mask=torch.from_numpy(batch["attention_mask"])).logits
-    mask = torch.zeros(ids.shape, dtype=torch.float32)
-    mask[:, 1:] = torch.from_numpy(batch["action_mask"])
-    return sequence_logprob(logits, ids, mask).numpy()
+    """Summed log-prob of each row's answer (the same computation as PPO's actors)."""
+    inputs = {"input_ids": torch.from_numpy(batch["input_ids"]),
+              "attention_mask": torch.from_numpy(batch["attention_mask"])}
+    return answer_logprobs(model, inputs, torch.from_numpy(batch["action_mask"]), 1.0).sum(1).numpy()
 
 
 def evaluate_policy(model_dir: Path, reference, rows: list[dict], ev, seed: int, threads: int,
@@ -91,17 +89,8 @@ class DPOStage(Stage):
         if evals:
             metrics["heldout_pair_accuracy"] = evals[-1]["heldout_accuracy"]
             metrics["heldout_loss"] = evals[-1]["heldout_loss"]
-        out = ctx.output_dir
-        with open(out / EVAL_FILE, "w", encoding="utf-8") as handle:
-            for k, row in enumerate(rows):
-                handle.write(json.dumps({"id": row["id"], "family": row["family"], "prompt": row["prompt"],
-                                         "reference": row["answer"], "sft_answer": before["answers"][k],
-                                         "sft_pass": before["verdicts"][k], "dpo_answer": after["answers"][k],
-                                         "dpo_pass": after["verdicts"][k]}, ensure_ascii=False) + "\n")
-        answers = {"sft": before["answers"], "dpo": after["answers"]}
-        verdicts = {"sft": before["verdicts"], "dpo": after["verdicts"]}
-        (out / SAMPLES).write_text(json.dumps(sample_table(rows, answers, verdicts, cfg.eval.samples_logged),
-                                              ensure_ascii=False, indent=1))
+        write_heldout(ctx.output_dir, rows, {"sft": before["answers"], "dpo": after["answers"]},
+                      {"sft": before["verdicts"], "dpo": after["verdicts"]}, cfg.eval.samples_logged)
         ctx.log.info("dpo: held-out pair accuracy %.3f; pass rate %.3f -> %.3f (gain %.3f, 95%% CI %.3f..%.3f); "
                      "KL to SFT %.3f", metrics.get("heldout_pair_accuracy", float("nan")),
                      before["figures"].get("pass_rate", 0), after["figures"].get("pass_rate", 0), gain["mean"],

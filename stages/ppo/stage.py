@@ -11,7 +11,6 @@ evaluated before and after: checker pass rate, mean reward, KL to the SFT model.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,17 @@ import torch
 
 from stages.alignment import launch
 from stages.alignment.data import read_rows
-from stages.alignment.evaluate import checkable, paired_difference, pass_rates, sample_table, verdict
+from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, paired_difference, pass_rates, verdict,
+                                       write_heldout)
 from stages.alignment.objectives import gae, masked_mean, masked_whiten, shaped_rewards
-from stages.alignment.trainer import MODEL_DIR
+from stages.alignment.trainer import MODEL_DIR, copy_tokenizer_files
 from stages.core.contract import Stage, StageContext, StageResult
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
 from stages.ppo.config import PPOConfig
 from stages.ppo.roles import CriticRole, PolicyRole, ReferenceRole, RewardRole
-from stages.sft.stage import SAMPLES
 
 HISTORY = "ppo_log.jsonl"
-EVAL_FILE = "heldout_eval.jsonl"
 
 
 def rollout_batch(generations, pad_id: int) -> dict[str, np.ndarray]:
@@ -202,9 +200,7 @@ class PPOStage(Stage):
         model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype="float32")
         model.load_state_dict(state)
         model.save_pretrained(str(out), safe_serialization=True)
-        for item in Path(sft_dir).iterdir():
-            if item.is_file() and ("token" in item.name or item.name == "chat_template.jinja"):
-                shutil.copy2(item, out / item.name)
+        copy_tokenizer_files(Path(sft_dir), out)
 
     def _result(self, ctx, cfg, rows, before, after, history) -> StageResult:
         out = ctx.output_dir
@@ -223,15 +219,8 @@ class PPOStage(Stage):
         (out / HISTORY).write_text("".join(json.dumps(h) + "\n" for h in history))
         answers = {"sft": before["answers"], "ppo": after["answers"]}
         verdicts = {"sft": before["verdicts"], "ppo": after["verdicts"]}
-        with open(out / EVAL_FILE, "w", encoding="utf-8") as handle:
-            for k, row in enumerate(rows):
-                handle.write(json.dumps({"id": row["id"], "family": row["family"], "prompt": row["prompt"],
-                                         "reference": row["answer"], "sft_answer": before["answers"][k],
-                                         "sft_pass": before["verdicts"][k], "sft_reward": before["scores"][k],
-                                         "ppo_answer": after["answers"][k], "ppo_pass": after["verdicts"][k],
-                                         "ppo_reward": after["scores"][k]}, ensure_ascii=False) + "\n")
-        (out / SAMPLES).write_text(json.dumps(sample_table(rows, answers, verdicts, ev.samples_logged),
-                                              ensure_ascii=False, indent=1))
+        write_heldout(out, rows, answers, verdicts, ev.samples_logged,
+                      rewards={"sft": before["scores"], "ppo": after["scores"]})
         ctx.log.info("ppo: held-out pass rate %.3f -> %.3f (gain %.3f, 95%% CI %.3f..%.3f); reward %.3f -> %.3f "
                      "(gain CI %.3f..%.3f); KL to SFT %.3f", before["figures"].get("pass_rate", 0),
                      after["figures"].get("pass_rate", 0), pass_gain["mean"], pass_gain["ci_low"], pass_gain["ci_high"],

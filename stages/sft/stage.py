@@ -4,20 +4,18 @@ decoding of the held-out prompts by the base and the SFT model, scored by the ch
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from stages.alignment import launch
 from stages.alignment.data import read_rows
-from stages.alignment.evaluate import checkable, pass_rates, paired_difference, sample_table, verdict
+from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, pass_rates, paired_difference, verdict,
+                                       write_heldout)
 from stages.alignment.generate import generate, load_policy
 from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
 from stages.core.contract import Stage, StageContext, StageResult
 from stages.sft.config import SFTConfig
 
-SAMPLES = "samples.json"
-EVAL_FILE = "heldout_eval.jsonl"
 
 
 def evaluate_models(models: dict[str, Path], rows: list[dict], gen, seed: int, threads: int) -> dict[str, Any]:
@@ -34,19 +32,6 @@ def evaluate_models(models: dict[str, Path], rows: list[dict], gen, seed: int, t
     return {"answers": answers, "verdicts": verdicts, "figures": figures}
 
 
-def write_eval(out: Path, rows: list[dict], result: dict[str, Any], per_family: int) -> None:
-    """Every held-out answer and verdict (JSONL), and the per-family sample table (JSON)."""
-    with open(out / EVAL_FILE, "w", encoding="utf-8") as handle:
-        for k, row in enumerate(rows):
-            record = {"id": row["id"], "family": row["family"], "prompt": row["prompt"], "reference": row["answer"]}
-            for name in result["answers"]:
-                record[f"{name}_answer"] = result["answers"][name][k]
-                record[f"{name}_pass"] = result["verdicts"][name][k]
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    table = sample_table(rows, result["answers"], result["verdicts"], per_family)
-    (out / SAMPLES).write_text(json.dumps(table, ensure_ascii=False, indent=1))
-
-
 class SFTStage(Stage):
     name = "sft"
     config_model = SFTConfig
@@ -61,7 +46,8 @@ class SFTStage(Stage):
         threads = max(1, int(cfg.distributed.cpus_per_worker))
         result = evaluate_models({"base": base, "sft": ctx.output_dir / MODEL_DIR}, rows, cfg.eval_generation,
                                  ctx.seed, threads)
-        write_eval(ctx.output_dir, rows, result, cfg.eval_generation.samples_logged)
+        write_heldout(ctx.output_dir, rows, result["answers"], result["verdicts"],
+                      cfg.eval_generation.samples_logged)
         figures = result["figures"]
         metrics: dict[str, float] = {}
         for name, values in figures.items():
