@@ -132,13 +132,17 @@ def qa_examples(pairs: list[sources.QAPair], split: str, want: int, cfg: AlignDa
     return _shuffled(out, seed, f"qa:{split}")[:want]
 
 
-def preference_pairs(examples: list[Example], seed: int, wrong_task_share: float = 0.0) -> list[tuple[Example, str]]:
+def preference_pairs(examples: list[Example], seed: int, wrong_task_share: float = 0.0,
+                     label_rejects: int = 1) -> list[tuple[Example, str]]:
     """(example, rejected answer): the checker accepts ``example.answer`` and refuses the other.
 
     Most rejected answers come from the family's own ``reject`` (off by one, half done,
     another language); a ``wrong_task_share`` of them is a right-looking answer to another
     family's task ("English" to a question-type prompt, "7" to a language prompt), so the
-    reward model learns that an answer must fit the question, which PPO otherwise exploits."""
+    reward model learns that an answer must fit the question, which PPO otherwise exploits.
+    Examples of a label family get ``label_rejects`` pairs, each with another wrong label:
+    with one, the reward model sees each label refused only now and then and learns
+    per-label biases ("Spanish" for any Romance text) that PPO then exploits."""
     answers_by_family: dict[str, list[str]] = defaultdict(list)
     for example in examples:
         answers_by_family[example.family].append(example.answer)
@@ -148,11 +152,13 @@ def preference_pairs(examples: list[Example], seed: int, wrong_task_share: float
         rng = random.Random(f"{seed}:reject:{example.source_id}:{example.family}")
         others = [f for f in sorted(answers_by_family) if f != example.family]
         if others and rng.random() < wrong_task_share:
-            rejected = rng.choice(answers_by_family[rng.choice(others)])
+            rejected = [rng.choice(answers_by_family[rng.choice(others)])]
         else:
-            rejected = family.reject(example, rng)
-        if family.check(example, example.answer) and not family.check(example, rejected):
-            out.append((example, rejected))
+            rejected = [family.reject(example, rng)]
+        if family.labels and label_rejects > 1:
+            wrong = [label for label in family.labels if label != example.answer and label not in rejected]
+            rejected += rng.sample(wrong, min(len(wrong), label_rejects - 1))
+        out += [(example, r) for r in rejected if family.check(example, example.answer) and not family.check(example, r)]
     return out
 
 

@@ -24,6 +24,9 @@ class AlignDataConfig(StageConfig):
     heldout_pairs_per_family: int = Field(100, ge=0)
     wrong_task_share: float = Field(0.25, ge=0, le=1, description="Share of rejected answers that answer another "
                                                                    "family's task (an answer that does not fit).")
+    label_rejects: int = Field(1, ge=1, description="Preference pairs per example of a label family (language, "
+                                                    "question_type), each rejecting another wrong label (training "
+                                                    "pairs; held-out keeps one per example).")
     sentiment_min_gap: float = Field(1.0, gt=0, description="Human-rating gap between the two snippets of a pair.")
     heldout_fraction: float = Field(0.15, gt=0, lt=1, description="Share of source sentences held out (by sentence).")
     decontam_tokens: int = Field(10, ge=2, description="Held-out sentences sharing any window of this many tokens "

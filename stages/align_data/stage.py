@@ -106,7 +106,9 @@ class AlignDataStage(Stage):
             want = cfg.pairs_per_family if split == "train" else cfg.heldout_pairs_per_family
             drawn = [e for name in cfg.families
                      for e in build.family_examples(name, pools, split, want, cfg, ctx.seed + 1)] if want else []
-            pairs[split] = build.preference_pairs(drawn, ctx.seed, cfg.wrong_task_share)
+            # held-out: one pair per example, so the accuracy's family mix does not move with label_rejects
+            pairs[split] = build.preference_pairs(drawn, ctx.seed, cfg.wrong_task_share,
+                                                  cfg.label_rejects if split == "train" else 1)
 
         decontam = self._decontaminate(made["heldout"], pairs["heldout"], text_of, render, cfg, ctx)
         made["heldout"] = decontam.pop("examples")

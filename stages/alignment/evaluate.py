@@ -68,6 +68,18 @@ def paired_difference(after: list[float], before: list[float], resamples: int, s
     return {"mean": float(diff.mean()) if diff.size else float("nan"), "ci_low": lo, "ci_high": hi}
 
 
+def family_gains(rows: list[dict], after: list[bool], before: list[bool], resamples: int,
+                 seed: int) -> dict[str, float]:
+    """``pass_rate.<family>.{mean,ci_low,ci_high}``: the paired gain per family, because a
+    gain on the families a stage trains on can hide behind the others in the overall mean."""
+    out: dict[str, float] = {}
+    for family in sorted({row["family"] for row in rows}):
+        idx = [k for k, row in enumerate(rows) if row["family"] == family]
+        gain = paired_difference([float(after[k]) for k in idx], [float(before[k]) for k in idx], resamples, seed)
+        out.update({f"pass_rate.{family}.{key}": value for key, value in gain.items()})
+    return out
+
+
 def sample_table(rows: list[dict], answers: dict[str, list[str]], verdicts: dict[str, list[bool]],
                  per_family: int) -> dict[str, list[Any]]:
     """Columns for ``MlflowClient.log_table``: prompt, reference, then each model's answer and verdict."""

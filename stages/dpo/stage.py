@@ -14,7 +14,7 @@ import torch
 
 from stages.alignment import launch
 from stages.alignment.data import read_rows
-from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, paired_difference, pass_rates, verdict,
+from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gains, paired_difference, pass_rates, verdict,
                                        write_heldout)
 from stages.alignment.generate import generate, load_policy
 from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
@@ -85,6 +85,8 @@ class DPOStage(Stage):
         gain = paired_difference([float(v) for v in after["verdicts"]], [float(v) for v in before["verdicts"]],
                                  cfg.eval.bootstrap, ctx.seed)
         metrics.update({f"dpo_minus_sft.pass_rate.{k}": v for k, v in gain.items()})
+        metrics.update({f"dpo_minus_sft.{k}": v for k, v in family_gains(
+            rows, after["verdicts"], before["verdicts"], cfg.eval.bootstrap, ctx.seed).items()})
         evals = [h for h in history if "heldout_accuracy" in h]
         if evals:
             metrics["heldout_pair_accuracy"] = evals[-1]["heldout_accuracy"]

@@ -20,7 +20,7 @@ import torch
 
 from stages.alignment import launch
 from stages.alignment.data import read_rows
-from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, paired_difference, pass_rates, verdict,
+from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gains, paired_difference, pass_rates, verdict,
                                        write_heldout)
 from stages.alignment.objectives import gae, masked_mean, masked_whiten, shaped_rewards
 from stages.alignment.trainer import MODEL_DIR, copy_tokenizer_files
@@ -212,6 +212,8 @@ class PPOStage(Stage):
                                       ev.bootstrap, ctx.seed)
         reward_gain = paired_difference(after["scores"], before["scores"], ev.bootstrap, ctx.seed)
         metrics.update({f"ppo_minus_sft.pass_rate.{k}": v for k, v in pass_gain.items()})
+        by_family = family_gains(rows, after["verdicts"], before["verdicts"], ev.bootstrap, ctx.seed)
+        metrics.update({f"ppo_minus_sft.{k}": v for k, v in by_family.items()})
         metrics.update({f"ppo_minus_sft.reward.{k}": v for k, v in reward_gain.items()})
         timing = {k: float(np.mean([h[k] for h in history])) for k in ("time_generation_s", "time_scoring_s",
                                                                        "time_training_s")}
@@ -230,6 +232,7 @@ class PPOStage(Stage):
                                    "rollout_answers": cfg.steps * cfg.rollout.batch_size},
                            metrics=metrics, details={"before": before["figures"], "after": after["figures"],
                                                      "pass_gain": pass_gain, "reward_gain": reward_gain,
+                                                     "pass_gain_by_family": by_family,
                                                      "time_split_s": timing},
                            outputs={"model": f"{MODEL_DIR}/", "history": HISTORY, "samples": SAMPLES,
                                     "heldout_eval": EVAL_FILE})

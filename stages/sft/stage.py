@@ -9,7 +9,7 @@ from typing import Any
 
 from stages.alignment import launch
 from stages.alignment.data import read_rows
-from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, pass_rates, paired_difference, verdict,
+from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gains, pass_rates, paired_difference, verdict,
                                        write_heldout)
 from stages.alignment.generate import generate, load_policy
 from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
@@ -56,6 +56,8 @@ class SFTStage(Stage):
                                  [float(v) for v in result["verdicts"]["base"]], cfg.eval_generation.bootstrap,
                                  ctx.seed)
         metrics.update({f"sft_minus_base.{k}": v for k, v in gain.items()})
+        metrics.update({f"sft_minus_base.{k}": v for k, v in family_gains(
+            rows, result["verdicts"]["sft"], result["verdicts"]["base"], cfg.eval_generation.bootstrap, ctx.seed).items()})
         evals = [h for h in history if "heldout_loss" in h]
         if evals:
             metrics["heldout_loss_start"] = evals[0]["heldout_loss"]

@@ -85,6 +85,11 @@ def test_preference_pairs_are_accepted_and_refused_by_the_checker():
     for example, rejected in pairs:
         family = FAMILIES[example.family]
         assert family.check(example, example.answer) and not family.check(example, rejected)
+    # a label family gets one pair per wrong label asked for, each a different label; others stay at one
+    many = build.preference_pairs(examples, seed=0, label_rejects=4)
+    language = [r for e, r in many if e.family == "language"]
+    assert len(language) == 4 and len(set(language)) == 4 and "German" not in language
+    assert sum(e.family == "count_words" for e, _ in many) == 1
     # wrong-task rejections answer another family's question
     mixed = build.preference_pairs(examples, seed=0, wrong_task_share=1.0)
     others = {e.family: {x.answer for x in examples if x.family != e.family} for e in examples}

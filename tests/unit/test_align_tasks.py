@@ -53,11 +53,13 @@ def test_known_answers():
     assert FAMILIES["count_words"].make(s, "a", rng).answer == "6"
     assert FAMILIES["count_words"].check(FAMILIES["count_words"].make(s, "a", rng), "There are 6 words.")
     assert FAMILIES["uppercase"].make(s, "a", rng).answer == "MOST OPTIONS CAN BE CHANGED LATER."
-    for seed in range(6):  # first, second or third word, copied as written
+    for seed in range(6):  # first, second or third word, named in a sentence that ends with a copy of it
         nth = FAMILIES["nth_word"].make(s, "a", random.Random(seed))
-        position = ["first", "second", "third"].index(nth.prompt.split()[3])
-        assert nth.answer == s.rstrip(".").split()[position]
-        assert FAMILIES["nth_word"].check(nth, nth.answer.lower() + ".")  # case and punctuation are not the task
+        ordinal = nth.prompt.split()[3]
+        word = s.rstrip(".").split()[["first", "second", "third"].index(ordinal)]
+        assert nth.answer == f"The {ordinal} word is {word}"
+        assert FAMILIES["nth_word"].check(nth, word.lower() + ".")  # case, punctuation and wording are not the task
+        assert not FAMILIES["nth_word"].check(nth, f"The {ordinal} word is later")
     lang = FAMILIES["language"].make(SENTENCES[2][1], "b", rng, "de")
     assert lang.answer == "German" and FAMILIES["language"].check(lang, "German.")
     assert FAMILIES["language"].make("Too short here", "c", rng, "en") is None

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stages.alignment import data
-from stages.alignment.evaluate import bootstrap_ci, pass_rates, paired_difference
+from stages.alignment.evaluate import bootstrap_ci, family_gains, pass_rates, paired_difference
 from stages.alignment.objectives import (bradley_terry_loss, dpo_loss, gae, policy_loss, sequence_logprob,
                                          shaped_rewards, token_logprobs, value_loss)
 
@@ -154,3 +154,12 @@ def test_answer_logprobs_equal_full_logits_on_answer_positions():
         fast, entropy = answer_logprobs(model, {"input_ids": ids, "attention_mask": attention}, mask, 0.7, True)
     assert torch.allclose(full, fast, atol=1e-5)
     assert 0 < entropy.item() < math.log(50)
+
+
+def test_family_gains_pair_prompts_within_each_family():
+    rows = [{"family": "language"}] * 40 + [{"family": "count_words"}] * 40
+    before = [False] * 80
+    after = [True] * 30 + [False] * 10 + [False] * 40  # language gains 0.75, count_words nothing
+    gains = family_gains(rows, after, before, 500, 0)
+    assert gains["pass_rate.language.mean"] == pytest.approx(0.75) and gains["pass_rate.language.ci_low"] > 0.5
+    assert gains["pass_rate.count_words.mean"] == 0 and gains["pass_rate.count_words.ci_high"] == 0
