@@ -77,12 +77,13 @@ class RayJobExecutor:
     def entrypoint(self, name: str, stage_runs: dict[str, str], output: Path) -> str:
         stage = get_stage(name)
         python = self.config.engines.ray_job.python or sys.executable
-        upstream = sorted({spec.partition(":")[0] for spec in stage.inputs.values()})
         args = [python, "-m", "stages", name, "--config", "pipeline.yaml", "--output", str(output),
                 "--parent-run", self.parent_run_id]
-        for up in upstream:
-            if up not in stage_runs:
-                raise StageError(f"{name} needs stage '{up}', which has not run in this pipeline run")
+        for choices in sorted({spec.partition(":")[0] for spec in stage.inputs.values()}):
+            up = next((u for u in choices.split("|") if u in stage_runs), None)  # "ppo|dpo": the path that ran
+            if up is None:
+                raise StageError(f"{name} needs stage '{' or '.join(choices.split('|'))}', which has not run in "
+                                 f"this pipeline run")
             args += ["--upstream", f"{up}={stage_runs[up]}"]
         return " ".join(shlex.quote(a) for a in args)
 

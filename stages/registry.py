@@ -27,6 +27,7 @@ _IMPLEMENTATIONS = {
     "reward": "stages.reward.stage:RewardStage",
     "ppo": "stages.ppo.stage:PPOStage",
     "dpo": "stages.dpo.stage:DPOStage",
+    "quantize": "stages.quantize.stage:QuantizeStage",
 }
 
 

@@ -15,11 +15,14 @@ from stages.core.tracking import Tracker
 
 
 def upstream_input(tracker: Tracker, name: str, spec: str, stage_runs: dict[str, str]) -> StageInput:
-    """Resolve ``"upstream_stage:output"`` to the local output of that stage's run."""
-    upstream, _, output = spec.partition(":")
+    """Resolve ``"upstream_stage:output"`` to the local output of that stage's run.
+    ``"ppo|dpo:model"`` takes the first of those stages that ran (the alignment path chosen)."""
+    choices, _, output = spec.partition(":")
+    upstream = next((u for u in choices.split("|") if u in stage_runs), choices.split("|")[0])
     run_id = stage_runs.get(upstream)
     if run_id is None:
-        raise StageError(f"input '{name}' needs stage '{upstream}', which has not run in this pipeline run")
+        raise StageError(f"input '{name}' needs stage '{' or '.join(choices.split('|'))}', which has not run in "
+                         f"this pipeline run")
     root = tracker.artifacts_path(run_id)
     manifest = read_manifest(root)
     rel = manifest["named_outputs"].get(output)

@@ -1,6 +1,6 @@
 """The tiny pipeline end to end on real Ray, MLflow and Prefect: data stages, tokenize
-and pretrain (lineage by content digest), then align_data -> sft -> reward -> ppo, and
-the DPO path reusing every stage up to sft."""
+and pretrain (lineage by content digest), then align_data -> sft -> reward -> ppo ->
+quantize, and the DPO path (quantize then takes dpo's model) reusing every stage up to sft."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
     """The whole tiny pipeline through PPO, then the DPO path reusing everything up to sft."""
     from stages.core.digests import sha256_json
 
-    args = ["run", "--config", str(TINY), "--until", "ppo", "--set", f"engines.prefect.port={prefect_server['port']}"]
+    args = ["run", "--config", str(TINY), "--until", "quantize", "--set",
+            f"engines.prefect.port={prefect_server['port']}"]
     summary = last_json(run_cli(args).stdout)
     assert list(summary["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft",
-                                       "reward", "ppo"]
+                                       "reward", "ppo", "quantize"]
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     tok_run, pre_run = summary["stages"]["tokenize"], summary["stages"]["pretrain"]
     tok_dir = Path(client.download_artifacts(tok_run, "", dst_path=str(tmp_path / "tok")))
@@ -57,9 +58,10 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
     _check_alignment(client, summary, tmp_path)
 
     # the DPO path: every stage up to sft is a cache hit; dpo runs from the same SFT run
-    dpo_args = args[:4] + ["dpo", *args[5:], "--set", "pipeline.alignment=dpo"]
+    dpo_args = args + ["--set", "pipeline.alignment=dpo"]
     dpo = last_json(run_cli(dpo_args).stdout)
-    assert list(dpo["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft", "dpo"]
+    assert list(dpo["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft", "dpo",
+                                   "quantize"]
     assert dpo["cache_hits"] == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft"]
     assert dpo["stages"]["sft"] == summary["stages"]["sft"]
     run = client.get_run(dpo["stages"]["dpo"])
@@ -70,6 +72,9 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
     assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-dpo").run_id == run.info.run_id
     manifest = json.loads(Path(client.download_artifacts(run.info.run_id, "manifest.json", str(tmp_path / "dpo"))).read_text())
     assert manifest["inputs"]["model"]["run_id"] == summary["stages"]["sft"]
+    quantized = json.loads(Path(client.download_artifacts(dpo["stages"]["quantize"], "manifest.json",
+                                                          str(tmp_path / "q-dpo"))).read_text())
+    assert quantized["inputs"]["model"]["run_id"] == dpo["stages"]["dpo"]  # the alignment path that ran
 
 
 def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> None:
@@ -102,4 +107,30 @@ def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> Non
     manifest = json.loads(Path(client.download_artifacts(runs["ppo"], "manifest.json", str(tmp_path / "ppo"))).read_text())
     assert manifest["inputs"]["model"]["run_id"] == runs["sft"]
     assert manifest["inputs"]["reward_model"]["run_id"] == runs["reward"]
+    _check_quantize(client, runs, tmp_path)
+
+
+def _check_quantize(client: MlflowClient, runs: dict, tmp_path: Path) -> None:
+    from stages.quantize.storage import load_quantized
+
+    run = client.get_run(runs["quantize"])
+    metrics = run.data.metrics
+    assert metrics["int8.size_ratio"] <= 0.6 and metrics["int4.size_ratio"] <= 0.4
+    assert metrics["gguf-q8_0.size_ratio"] < 0.6
+    for variant in ("fp32", "int8", "int4"):
+        assert {f"{variant}.perplexity", f"{variant}.pass_rate", f"{variant}.latency_ms_per_token_b1",
+                f"{variant}.latency_ms_per_token_b8"} <= set(metrics)
+    assert abs(metrics["int8.perplexity_delta"]) < 0.05
+    assert {"tradeoff.png", "variants.json", "model-q8_0.gguf", "int8", "int4"} <= \
+        {a.path for a in client.list_artifacts(run.info.run_id)}
+    version = client.get_model_version_by_alias("lmforge-tiny-lm", "latest-quantized")
+    assert version.run_id == run.info.run_id and version.source.rstrip("/").endswith(run.data.tags["lmforge.quantized_variant"])
+    manifest = json.loads(Path(client.download_artifacts(runs["quantize"], "manifest.json", str(tmp_path / "q"))).read_text())
+    assert manifest["inputs"]["model"]["run_id"] == runs["ppo"]
+    if run.data.tags["lmforge.quantized_variant"] != "fp32":  # the registered variant loads and generates
+        model = load_quantized(Path(client.download_artifacts(runs["quantize"], run.data.tags["lmforge.quantized_variant"],
+                                                              str(tmp_path / "chosen"))))
+        import torch
+
+        assert model.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
 

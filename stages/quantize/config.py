@@ -1,0 +1,36 @@
+"""quantize's config: which variants to make, how to evaluate them against the
+unquantized model, and the rule that picks the one registered as ``latest-quantized``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from stages.alignment.config import GenerationConfig
+from stages.core.configuration import StrictModel
+from stages.core.contract import StageConfig
+
+
+class QuantizeEvalConfig(GenerationConfig):
+    perplexity_sequences: int = Field(64, ge=1, description="Validation sequences (tokenize's val split) for perplexity.")
+    latency_new_tokens: int = Field(32, ge=1, description="Tokens generated per latency measurement.")
+    latency_batches: list[int] = Field(default_factory=lambda: [1, 8], description="Batch sizes timed.")
+    latency_repeats: int = Field(3, ge=1, description="Timed runs per batch size (the median is reported).")
+    threads: int = Field(1, ge=1, description="torch threads while timing (the same for every variant).")
+
+
+class ChoiceConfig(StrictModel):
+    """Registered = the smallest variant within both budgets; the unquantized model if none is."""
+
+    max_perplexity_increase: float = Field(0.02, ge=0, description="Relative budget: 0.02 = at most +2 % perplexity.")
+    max_pass_rate_drop: float = Field(0.02, ge=0, description="Absolute budget on the held-out checker pass rate.")
+
+
+class QuantizeConfig(StageConfig):
+    variants: list[Literal["int8", "int4"]] = Field(default_factory=lambda: ["int8", "int4"],
+                                                     description="torchao weight-only variants (CPU and GPU).")
+    group_size: int = Field(32, ge=8, description="int4 group size (values sharing one scale).")
+    gguf: bool = Field(True, description="Also export a Q8_0 GGUF file for llama.cpp.")
+    eval: QuantizeEvalConfig = Field(default_factory=QuantizeEvalConfig)
+    choose: ChoiceConfig = Field(default_factory=ChoiceConfig)

@@ -1,0 +1,96 @@
+"""quantize's core: torchao variants stored in low precision and loaded back identical,
+int4 packing, the GGUF file's llama.cpp names and metadata, and the choice rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stages.quantize import evaluate, storage
+from stages.quantize.gguf_export import export_q8_0, permute_rotary, read_back
+from stages.tokenize import bpe
+from tests.conftest import real_documents
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A real byte-level BPE (trained on fetched text) and a small random Llama saved beside it."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("quant") / "model"
+    docs = real_documents(["debian-handbook", "fortunes-ru"], max_files=4)
+    bpe.save_hf_folder(bpe.train_bpe([d["text"] for d in docs], vocab_size=512), folder, model_max_length=64)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    return folder
+
+
+def test_int4_packing_round_trips_every_value():
+    values = torch.arange(-8, 8, dtype=torch.int8).repeat(5)[:-1].reshape(-1)  # odd length too
+    packed = storage.pack_int4(values)
+    assert packed.dtype == torch.uint8 and packed.numel() == (values.numel() + 1) // 2
+    assert torch.equal(storage.unpack_int4(packed, tuple(values.shape)), values)
+
+
+@pytest.mark.parametrize("variant,cap", [("int8", 0.6), ("int4", 0.4)])
+def test_variant_is_stored_small_and_loads_back_identical(model_dir, tmp_path, variant, cap):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    storage.quantize_model(model, variant)
+    storage.save_quantized(model, tmp_path / variant, variant)
+    size = evaluate.directory_bytes(tmp_path / variant / storage.WEIGHTS)
+    assert size / evaluate.directory_bytes(model_dir) < cap  # the embedding is quantized too
+    layout = storage.read_layout(tmp_path / variant / storage.WEIGHTS)
+    assert "model.embed_tokens.weight" in layout["tensors"] and "lm_head.weight" in layout["tensors"]
+    reloaded = storage.load_quantized(tmp_path / variant)
+    ids = torch.randint(0, reference.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        quantized, again, full = model(ids).logits, reloaded(ids).logits, reference(ids).logits
+    assert torch.equal(quantized, again)  # what deploy loads is what was measured
+    assert 0 < (quantized - full).abs().max() < (0.05 if variant == "int8" else 0.5)
+    out = reloaded.generate(ids[:1, :4], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 7)
+
+
+def test_gguf_uses_llama_cpp_names_and_metadata(model_dir, tmp_path):
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path / "m.gguf"
+    counts = export_q8_0(model_dir, path, "lmforge-test")
+    assert counts["Q8_0"] > 0
+    back = read_back(path)
+    fields, tensors = back["fields"], back["tensors"]
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, model.config.num_hidden_layers)
+    expected = {names.get_name(k, try_suffixes=(".weight",)) for k in model.state_dict() if k != "lm_head.weight"}
+    assert set(tensors) == expected  # llama.cpp's names, tied head left to token_embd
+    assert "token_embd.weight" in tensors and "blk.1.ffn_down.weight" in tensors
+    assert fields["general.architecture"] == "llama"
+    assert fields["llama.block_count"] == 2 and fields["llama.embedding_length"] == 64
+    assert fields["llama.attention.head_count_kv"] == 2 and fields["llama.rope.dimension_count"] == 16
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.tokens"] == model.config.vocab_size
+    assert tensors["blk.0.attn_q.weight"][0] == "Q8_0" and tensors["output_norm.weight"][0] == "F32"
+    # the stored values are the model's (Q/K in llama.cpp's rotary layout), within Q8_0 rounding
+    reader = back["reader"]
+    stored = {t.name: t for t in reader.tensors}["blk.0.attn_k.weight"]
+    values = gguf.quants.dequantize(stored.data, stored.tensor_type).reshape(64 // 2, 64)
+    hf = model.model.layers[0].self_attn.k_proj.weight.detach().numpy()
+    assert np.abs(values - permute_rotary(hf, 2)).max() < np.abs(hf).max() / 100
+
+
+def test_choice_is_the_smallest_variant_within_both_budgets():
+    rows = [{"variant": "fp32", "bytes": 100, "perplexity": 10.0, "pass_rate": 0.5},
+            {"variant": "int8", "bytes": 40, "perplexity": 10.1, "pass_rate": 0.5},
+            {"variant": "int4", "bytes": 25, "perplexity": 10.5, "pass_rate": 0.5}]
+    assert evaluate.choose(rows, 0.02, 0.02)["variant"] == "int8"  # int4 is +5 %
+    assert evaluate.choose(rows, 0.10, 0.02)["variant"] == "int4"
+    rows[1]["pass_rate"] = rows[2]["pass_rate"] = 0.4
+    assert evaluate.choose(rows, 0.10, 0.02)["variant"] == "fp32"  # nothing fits: the unquantized model
