@@ -19,6 +19,7 @@ from stages.ingest.config import IngestConfig
 from stages.quality.config import QualityConfig
 from stages.pretrain.config import PretrainConfig
 from stages.dpo.config import DPOConfig
+from stages.quantize.config import QuantizeConfig
 from stages.ppo.config import PPOConfig
 from stages.reward.config import RewardConfig
 from stages.sft.config import SFTConfig
@@ -86,6 +87,7 @@ class PipelineConfig(StrictModel):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
 
     def stage_config(self, name: str) -> StrictModel:
         return getattr(self, name)
