@@ -1,0 +1,73 @@
+"""Start and stop the Ray Serve application on 127.0.0.1 (or the host given), and resolve
+``models:/NAME@ALIAS`` to the registered folder it serves."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from stages.core.errors import StageError
+
+APP_NAME = "lmforge"
+
+
+def resolve_model(uri: str, tracking_uri: str | None = None) -> tuple[Path, str, str]:
+    """(local folder, registered name, version) of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+    from mlflow.tracking import MlflowClient
+
+    from stages.core.tracking import default_tracking_uri
+
+    if not uri.startswith("models:/"):
+        path = Path(uri)
+        if not path.is_dir():
+            raise StageError(f"--model: {uri} is neither models:/NAME@ALIAS nor a model folder")
+        return path, path.name, "local"
+    spec = uri.removeprefix("models:/")
+    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    if "@" in spec:
+        name, alias = spec.split("@", 1)
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except Exception as exc:  # noqa: BLE001 - MLflow raises its own types; the message says which
+            raise StageError(f"--model: {uri} is not registered ({exc.__class__.__name__}: {exc})") from exc
+    else:
+        name, number = spec.rsplit("/", 1)
+        version = client.get_model_version(name, number)
+    local = client.download_artifacts(version.run_id, _artifact_path(version.source, version.run_id))
+    return Path(local), name, str(version.version)
+
+
+def _artifact_path(source: str, run_id: str) -> str:
+    marker = f"{run_id}/artifacts/"
+    return source.split(marker, 1)[1] if marker in source else source.rsplit("/", 1)[-1]
+
+
+def start(model_dir: Path, model_name: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          limits: dict | None = None, threads: int | None = None, max_batch_size: int = 16,
+          batch_wait_s: float = 0.02, timeout_s: float = 120) -> str:
+    """Deploy the app and wait for /health; returns the base URL."""
+    from ray import serve
+
+    from stages.deploy.app import build
+
+    serve.start(http_options={"host": host, "port": port}, detached=False)
+    serve.run(build(model_dir, model_name, api_key, limits, threads, max_batch_size, batch_wait_s),
+              name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{host}:{port}"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise StageError(f"the server did not answer {url}/health within {timeout_s:.0f} s")
+
+
+def stop() -> None:
+    from ray import serve
+
+    serve.shutdown()
