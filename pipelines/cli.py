@@ -27,7 +27,8 @@ app = typer.Typer(
         "lmforge: a language model's whole life as one DAG.\n\n"
         "ingest -> dedup -> quality -> tokenize -> pretrain -> align_data -> sft -> reward -> ppo "
         "(or dpo) -> quantize -> deploy, orchestrated by Prefect, executed on Ray, tracked in MLflow.\n\n"
-        "Start with `lmforge run` (the demo config), watch it with `lmforge ui`, stop servers with `lmforge down`."
+        "Start with `lmforge run` (the demo config), watch it with `lmforge ui`, stop servers with `lmforge down`; "
+        "`lmforge serve` serves the production model, `lmforge generate` answers one prompt."
     ),
 )
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the pipeline config: merged values or the JSON schema.")
@@ -163,6 +164,13 @@ app.command(
     help=stage_command.__doc__,
     short_help="Run one stage on plain files, with no Prefect and no server.",
 )(stage_command)
+
+
+from pipelines.serve_cli import generate, rollback, serve  # noqa: E402
+
+app.command("serve")(serve)
+app.command("rollback")(rollback)
+app.command("generate")(generate)
 
 
 @config_app.command("show")

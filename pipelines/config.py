@@ -20,6 +20,7 @@ from stages.quality.config import QualityConfig
 from stages.pretrain.config import PretrainConfig
 from stages.dpo.config import DPOConfig
 from stages.quantize.config import QuantizeConfig
+from stages.deploy.config import DeployConfig
 from stages.ppo.config import PPOConfig
 from stages.reward.config import RewardConfig
 from stages.sft.config import SFTConfig
@@ -88,6 +89,7 @@ class PipelineConfig(StrictModel):
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     def stage_config(self, name: str) -> StrictModel:
         return getattr(self, name)

@@ -28,6 +28,7 @@ _IMPLEMENTATIONS = {
     "ppo": "stages.ppo.stage:PPOStage",
     "dpo": "stages.dpo.stage:DPOStage",
     "quantize": "stages.quantize.stage:QuantizeStage",
+    "deploy": "stages.deploy.stage:DeployStage",
 }
 
 

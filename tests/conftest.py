@@ -94,3 +94,22 @@ def real_documents(sources: list[str], max_files: int, seed: int = 0) -> list[di
         with open(task.url, "rb") as handle:
             docs += [d for d in extract(task, handle.read(), 10**7) if isinstance(d, dict)]
     return docs
+
+
+def make_tiny_model(folder: Path, num_kv_heads: int = 2) -> Path:
+    """A real byte-level BPE (trained on fetched text) with a small random Llama saved beside
+    it: enough for quantization, GGUF and serving tests without a training run."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from stages.tokenize import bpe
+
+    docs = real_documents(["debian-handbook", "fortunes-ru"], max_files=4)
+    bpe.save_hf_folder(bpe.train_bpe([d["text"] for d in docs], vocab_size=512), folder, model_max_length=64)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=num_kv_heads, max_position_embeddings=256,
+                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    return folder

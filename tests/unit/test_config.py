@@ -40,7 +40,7 @@ def test_apply_overrides_creates_nested_sections_without_touching_input():
         ("pipeline.retries=-1", "'pipeline.retries' (-1)"),
         ("engines.executor=k8s", "Input should be 'inline'"),
         ("nonsense.x=1", "unknown key 'nonsense'; allowed: pipeline, engines, ingest"),
-        ("deploy.port=1", "not implemented yet"),
+        ("deploy.server.port=70000", "'deploy.server.port' (70000)"),
         ("quantize.variants=[int3]", "'quantize.variants.0'"),
         ("quantize.bits=4", "unknown key 'quantize.bits'"),
         ("align_data.families=[poetry]", "unknown families ['poetry']; allowed: count_words"),

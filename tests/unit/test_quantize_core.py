@@ -9,25 +9,12 @@ import torch
 
 from stages.quantize import evaluate, storage
 from stages.quantize.gguf_export import export_q8_0, permute_rotary, read_back
-from stages.tokenize import bpe
-from tests.conftest import real_documents
+from tests.conftest import make_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A real byte-level BPE (trained on fetched text) and a small random Llama saved beside it."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("quant") / "model"
-    docs = real_documents(["debian-handbook", "fortunes-ru"], max_files=4)
-    bpe.save_hf_folder(bpe.train_bpe([d["text"] for d in docs], vocab_size=512), folder, model_max_length=64)
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    return folder
+    return make_tiny_model(tmp_path_factory.mktemp("quant") / "model")
 
 
 def test_int4_packing_round_trips_every_value():
@@ -75,6 +62,7 @@ def test_gguf_uses_llama_cpp_names_and_metadata(model_dir, tmp_path):
     assert "token_embd.weight" in tensors and "blk.1.ffn_down.weight" in tensors
     assert fields["general.architecture"] == "llama"
     assert fields["llama.block_count"] == 2 and fields["llama.embedding_length"] == 64
+    assert fields["llama.context_length"] == 256
     assert fields["llama.attention.head_count_kv"] == 2 and fields["llama.rope.dimension_count"] == 16
     assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.tokens"] == model.config.vocab_size
     assert tensors["blk.0.attn_q.weight"][0] == "Q8_0" and tensors["output_norm.weight"][0] == "F32"

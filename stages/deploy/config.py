@@ -1,0 +1,39 @@
+"""deploy's config: the promotion gate, where the app listens, its limits, and whether the
+flow leaves it running."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field
+
+from stages.core.configuration import StrictModel
+from stages.core.contract import StageConfig
+
+
+class GateConfig(StrictModel):
+    """The new model replaces ``production`` only if it keeps up with it on the same eval."""
+
+    max_pass_rate_drop: float = Field(0.0, ge=0, description="Held-out checker pass rate may be at most this much "
+                                                             "below production's.")
+    max_perplexity_increase: float = Field(0.05, ge=0, description="Relative: validation perplexity at most "
+                                                                    "this much above production's.")
+
+
+class ServerConfig(StrictModel):
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless told otherwise.")
+    port: int = Field(8000, ge=0, le=65535, description="0 = a free port.")
+    api_key: Optional[str] = Field(None, description="Bearer key the API requires; null = open.")
+    max_tokens: int = Field(256, ge=1, description="Largest max_tokens a request may ask for.")
+    max_n: int = Field(4, ge=1)
+    max_request_bytes: int = Field(64_000, ge=1024)
+    max_batch_size: int = Field(16, ge=1, description="Requests decoded together (@serve.batch).")
+    batch_wait_s: float = Field(0.02, ge=0, description="How long a batch waits to fill.")
+    threads: Optional[int] = Field(None, ge=1, description="torch threads of the replica; null = torch's default.")
+
+
+class DeployConfig(StageConfig):
+    gate: GateConfig = Field(default_factory=GateConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    smoke_max_tokens: int = Field(16, ge=1, description="Tokens per smoke-test request.")
+    keep_running: bool = Field(False, description="Leave the app serving after the flow (else it is stopped).")

@@ -1,0 +1,121 @@
+"""deploy: the promotion gate, then the model on Ray Serve behind the OpenAI-compatible
+API, smoke-tested with the official ``openai`` client (completion, chat, streaming).
+
+The candidate is the version the upstream quantize run registered; it replaces
+``production`` only when its held-out pass rate and perplexity pass the gates against
+the current production version. Either way the stage says why. The app is stopped at
+the end unless ``deploy.keep_running`` is set; ``lmforge serve`` serves production any time.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.errors import StageError
+from stages.core.ray_runtime import ensure_ray
+from stages.deploy import promotion, serving
+from stages.deploy.config import DeployConfig
+
+REPORT = "deploy.json"
+
+
+def smoke_test(url: str, model: str, api_key: str | None, max_tokens: int) -> dict:
+    """Completion, chat and a streamed chat through the openai client; latencies in seconds."""
+    from openai import OpenAI
+
+    oa = OpenAI(base_url=f"{url}/v1", api_key=api_key or "none", max_retries=0, timeout=120)
+    listed = [m.id for m in oa.models.list().data]
+    if listed != [model]:
+        raise StageError(f"deploy: /v1/models lists {listed}, expected [{model}]")
+    latencies, answers = [], {}
+    for prompt in ("Which language is this text in? Das ist gut.", "How many words are in: the cat sat"):
+        start = time.perf_counter()
+        out = oa.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                         max_tokens=max_tokens, temperature=0)
+        latencies.append(time.perf_counter() - start)
+        answers[prompt] = out.choices[0].message.content
+    completion = oa.completions.create(model=model, prompt="The package", max_tokens=max_tokens, temperature=0)
+    start = time.perf_counter()
+    chunks = list(oa.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello"}],
+                                             max_tokens=max_tokens, temperature=0, stream=True))
+    stream_s = time.perf_counter() - start
+    if not chunks or chunks[-1].choices[0].finish_reason is None:
+        raise StageError("deploy: the streamed answer did not end with a finish_reason")
+    return {"chat_latency_s_median": statistics.median(latencies), "stream_s": stream_s,
+            "stream_chunks": len(chunks), "completion_tokens": completion.usage.completion_tokens,
+            "answers": answers}
+
+
+class DeployStage(Stage):
+    name = "deploy"
+    config_model = DeployConfig
+    inputs = {"model": "quantize:chosen"}
+    registered_defaults = {"model": ("lm", "latest-quantized")}
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from stages.core.tracking import Tracker
+
+        cfg: DeployConfig = ctx.config  # type: ignore[assignment]
+        name = promotion.registry_name(ctx.pipeline_name)
+        tracker = ctx.tracker or Tracker(ctx.pipeline_name)
+        client = tracker.client
+        model_input = ctx.inputs["model"]
+        if model_input.run_id:
+            candidate = promotion.version_of_run(client, name, model_input.run_id)
+        else:  # standalone: the registered latest-quantized version (what the input defaulted to)
+            candidate = client.get_model_version_by_alias(name, "latest-quantized")
+        current = promotion.production_version(client, name)
+        verdict = promotion.judge(promotion.figures(client, candidate),
+                                  promotion.figures(client, current) if current else None,
+                                  str(current.version) if current else None,
+                                  cfg.gate.max_pass_rate_drop, cfg.gate.max_perplexity_increase)
+        if verdict.promote:
+            promotion.promote(client, name, str(candidate.version), str(current.version) if current else None)
+            ctx.log.info("deploy: %s v%s is production (%s)", name, candidate.version, verdict.reason)
+        else:
+            ctx.log.warning("deploy: gate refused %s v%s: %s; production stays v%s", name, candidate.version,
+                            verdict.reason, verdict.production_version)
+        serving_version = candidate if verdict.promote else current
+        model_dir, _, _ = serving.resolve_model(f"models:/{name}/{serving_version.version}", tracker.tracking_uri) \
+            if serving_version is not candidate else (Path(model_input.path), name, str(candidate.version))
+
+        s = cfg.server
+        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
+        port = s.port or _free_port(s.host)
+        limits = {"max_tokens": s.max_tokens, "max_n": s.max_n, "max_request_bytes": s.max_request_bytes}
+        url = serving.start(model_dir, name, s.host, port, s.api_key, limits, s.threads, s.max_batch_size,
+                            s.batch_wait_s)
+        try:
+            smoke = smoke_test(url, name, s.api_key, cfg.smoke_max_tokens)
+        finally:
+            if not cfg.keep_running:
+                serving.stop()
+        ctx.log.info("deploy: %s served at %s (v%s); smoke test: chat %.3f s median, %d stream chunks%s", name, url,
+                     serving_version.version, smoke["chat_latency_s_median"], smoke["stream_chunks"],
+                     "" if cfg.keep_running else "; stopped (deploy.keep_running=false)")
+        report = {"endpoint": url, "model": name, "served_version": str(serving_version.version),
+                  "candidate_version": str(candidate.version), "promoted": verdict.promote, "reason": verdict.reason,
+                  "candidate_figures": verdict.candidate, "production_figures": verdict.production,
+                  "previous_production": verdict.production_version, "running": cfg.keep_running, "smoke": smoke}
+        (ctx.output_dir / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        metrics = {"promoted": float(verdict.promote), "smoke_chat_latency_s": smoke["chat_latency_s_median"],
+                   "smoke_stream_s": smoke["stream_s"], **{f"candidate.{k}": v for k, v in verdict.candidate.items()}}
+        return StageResult(counts={"promoted": int(verdict.promote)}, metrics=metrics, details=report,
+                           outputs={"report": REPORT})
+
+    def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
+        d = result.details
+        return {"lmforge.endpoint": d["endpoint"], "lmforge.promoted": str(d["promoted"]).lower(),
+                "lmforge.gate": d["reason"][:500], "lmforge.served_version": d["served_version"]}
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

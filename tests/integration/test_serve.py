@@ -1,0 +1,173 @@
+"""The OpenAI-compatible API on a real Ray Serve app (127.0.0.1), driven by the official
+``openai`` client and raw HTTP: models, completions, chat, streaming, stop strings, usage,
+seeds, n, dynamic batching, every bad request, and the API key."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, make_tiny_model
+
+pytestmark = pytest.mark.integration
+NAME = "lmforge-test-lm"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from stages.core.ray_runtime import ensure_ray
+    from stages.deploy import serving
+
+    model_dir = make_tiny_model(tmp_path_factory.mktemp("serve") / "model")
+    ensure_ray(num_cpus=2)
+    port = free_port()
+    url = serving.start(model_dir, NAME, port=port, limits={"max_tokens": 64, "max_n": 3}, threads=1,
+                        max_batch_size=8, batch_wait_s=0.05)
+    yield {"url": url, "port": port, "model_dir": model_dir}
+    serving.stop()
+
+
+def client(url: str, key: str = "none"):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def test_openai_client_models_completion_chat_and_usage(served):
+    from transformers import AutoTokenizer
+
+    oa = client(served["url"])
+    assert [m.id for m in oa.models.list().data] == [NAME]
+    tok = AutoTokenizer.from_pretrained(str(served["model_dir"]))
+    prompt = "The package manager installs"
+    out = oa.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0)
+    assert out.object == "text_completion" and isinstance(out.choices[0].text, str)
+    assert out.usage.prompt_tokens == len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert 1 <= out.usage.completion_tokens <= 8
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    again = oa.completions.create(model=NAME, prompt=prompt, max_tokens=8, temperature=0)
+    assert again.choices[0].text == out.choices[0].text  # greedy is deterministic
+
+    chat = oa.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hello there"}],
+                                      max_tokens=6, temperature=0)
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].finish_reason in ("stop", "length")
+    templated = tok.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False,
+                                        add_generation_prompt=True)
+    assert chat.usage.prompt_tokens == len(tok(templated, add_special_tokens=False)["input_ids"])
+
+    # ignore_eos (vLLM's extra) makes exactly max_tokens tokens; the same seed samples the same text
+    long = oa.completions.create(model=NAME, prompt=prompt, max_tokens=16, temperature=1.0, seed=7,
+                                 extra_body={"ignore_eos": True})
+    assert long.usage.completion_tokens == 16 and long.choices[0].finish_reason == "length"
+    same = oa.completions.create(model=NAME, prompt=prompt, max_tokens=16, temperature=1.0, seed=7,
+                                 extra_body={"ignore_eos": True})
+    assert same.choices[0].text == long.choices[0].text
+    two = oa.completions.create(model=NAME, prompt=prompt, max_tokens=4, n=2, temperature=1.0, seed=1)
+    assert [c.index for c in two.choices] == [0, 1]
+
+
+def test_stop_strings_cut_the_text(served):
+    oa = client(served["url"])
+    prompt = "Debian is"
+    full = oa.completions.create(model=NAME, prompt=prompt, max_tokens=24, temperature=0,
+                                 extra_body={"ignore_eos": True}).choices[0].text
+    stop = full.strip()[2:5]
+    assert len(stop) == 3, full
+    cut = oa.completions.create(model=NAME, prompt=prompt, max_tokens=24, temperature=0, stop=[stop],
+                                extra_body={"ignore_eos": True}).choices[0]
+    assert cut.finish_reason == "stop" and cut.text == full[:full.index(stop)]
+
+
+def test_streaming_chunks_match_the_whole_answer(served):
+    oa = client(served["url"])
+    messages = [{"role": "user", "content": "Which language is this text in? Guten Morgen"}]
+    whole = oa.chat.completions.create(model=NAME, messages=messages, max_tokens=12, temperature=0,
+                                       extra_body={"ignore_eos": True}).choices[0].message.content
+    chunks = list(oa.chat.completions.create(model=NAME, messages=messages, max_tokens=12, temperature=0,
+                                             stream=True, extra_body={"ignore_eos": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole
+    assert chunks[-1].choices[0].finish_reason == "length" and len(chunks) >= 3
+    body = {"model": NAME, "prompt": "Hello", "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", f"{served['url']}/v1/completions", json=body, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
+    assert json.loads(lines[0][6:])["object"] == "text_completion"
+
+
+def test_concurrent_requests_are_batched(served):
+    url = served["url"]
+    body = {"model": NAME, "prompt": "The kernel", "max_tokens": 16, "ignore_eos": True, "temperature": 0}
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: httpx.post(f"{url}/v1/completions", json=body, timeout=120).status_code,
+                              range(16)))
+    assert codes == [200] * 16
+    sizes = httpx.get(f"{url}/stats").json()["batch_sizes"]
+    assert max(int(k) for k in sizes) > 1  # the server formed batches, it did not serve one at a time
+
+
+@pytest.mark.parametrize("raw,status,param", [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    (json.dumps({"model": "gpt-4", "prompt": "x"}).encode(), 404, "model"),
+    (json.dumps({"model": NAME, "prompt": "x", "max_tokens": -1}).encode(), 400, "max_tokens"),
+    (json.dumps({"model": NAME, "prompt": "x", "max_tokens": 0}).encode(), 400, "max_tokens"),
+    (json.dumps({"model": NAME, "prompt": "x", "max_tokens": 100000}).encode(), 400, "max_tokens"),
+    (json.dumps({"model": NAME, "prompt": "x", "max_tokens": "ten"}).encode(), 400, "max_tokens"),
+    (json.dumps({"model": NAME, "prompt": "x", "temperature": "hot"}).encode(), 400, "temperature"),
+    (json.dumps({"model": NAME, "prompt": "x", "stream": "yes"}).encode(), 400, "stream"),
+    (json.dumps({"model": NAME, "prompt": "x", "n": 10}).encode(), 400, "n"),
+    (json.dumps({"model": NAME, "prompt": "x", "n": 2, "stream": True}).encode(), 400, "n"),
+    (json.dumps({"model": NAME, "prompt": ""}).encode(), 400, "prompt"),
+    (json.dumps({"model": NAME}).encode(), 400, "prompt"),
+    (json.dumps({"model": NAME, "prompt": "x" * 70000}).encode(), 413, None),
+])
+def test_bad_completion_requests_get_openai_errors(served, raw, status, param):
+    response = httpx.post(f"{served['url']}/v1/completions", content=raw,
+                          headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["message"] and error["type"]
+    if param:
+        assert error["param"] == param
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"model": NAME, "messages": []}, "messages"),
+    ({"model": NAME, "messages": [{"role": "system", "content": "be brief"}]}, "messages"),
+    ({"model": NAME, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ({"model": NAME, "messages": [{"role": "user"}]}, "messages.0.content"),
+    ({"model": NAME, "messages": "hello"}, "messages"),
+])
+def test_bad_chat_requests_get_openai_errors(served, body, param):
+    response = httpx.post(f"{served['url']}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+def test_api_key_when_configured(served):
+    from openai import AuthenticationError
+
+    from stages.deploy import serving
+
+    serving.stop()
+    from stages.core.ray_runtime import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    url = serving.start(served["model_dir"], NAME, port=served["port"], api_key="sekret", threads=1)
+    try:
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        wrong = httpx.post(f"{url}/v1/completions", json={"model": NAME, "prompt": "x"},
+                           headers={"authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(AuthenticationError):
+            client(url, "nope").models.list()
+        assert client(url, "sekret").completions.create(model=NAME, prompt="Hi", max_tokens=2).choices
+        assert httpx.get(f"{url}/health").status_code == 200  # health stays open for probes
+    finally:
+        serving.stop()
+        serving.start(served["model_dir"], NAME, port=served["port"], limits={"max_tokens": 64, "max_n": 3},
+                      threads=1, max_batch_size=8, batch_wait_s=0.05)
