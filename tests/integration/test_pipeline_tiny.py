@@ -1,6 +1,7 @@
 """The tiny pipeline end to end on real Ray, MLflow and Prefect: data stages, tokenize
 and pretrain (lineage by content digest), then align_data -> sft -> reward -> ppo ->
-quantize, and the DPO path (quantize then takes dpo's model) reusing every stage up to sft."""
+quantize -> deploy (promotion gate, Ray Serve smoke test), and the DPO path (quantize then
+takes dpo's model, deploy gates it against production) reusing every stage up to sft."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
     """The whole tiny pipeline through PPO, then the DPO path reusing everything up to sft."""
     from stages.core.digests import sha256_json
 
-    args = ["run", "--config", str(TINY), "--until", "quantize", "--set",
+    args = ["run", "--config", str(TINY), "--until", "deploy", "--set",
             f"engines.prefect.port={prefect_server['port']}"]
     summary = last_json(run_cli(args).stdout)
     assert list(summary["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft",
-                                       "reward", "ppo", "quantize"]
+                                       "reward", "ppo", "quantize", "deploy"]
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     tok_run, pre_run = summary["stages"]["tokenize"], summary["stages"]["pretrain"]
     tok_dir = Path(client.download_artifacts(tok_run, "", dst_path=str(tmp_path / "tok")))
@@ -61,7 +62,7 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
     dpo_args = args + ["--set", "pipeline.alignment=dpo"]
     dpo = last_json(run_cli(dpo_args).stdout)
     assert list(dpo["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft", "dpo",
-                                   "quantize"]
+                                   "quantize", "deploy"]
     assert dpo["cache_hits"] == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft"]
     assert dpo["stages"]["sft"] == summary["stages"]["sft"]
     run = client.get_run(dpo["stages"]["dpo"])
@@ -75,6 +76,15 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
     quantized = json.loads(Path(client.download_artifacts(dpo["stages"]["quantize"], "manifest.json",
                                                           str(tmp_path / "q-dpo"))).read_text())
     assert quantized["inputs"]["model"]["run_id"] == dpo["stages"]["dpo"]  # the alignment path that ran
+    # deploy gated the DPO model against production (the PPO one): promoted, or production kept, with the reason
+    gate = client.get_run(dpo["stages"]["deploy"]).data.tags
+    production = client.get_model_version_by_alias("lmforge-tiny-lm", "production")
+    candidate = client.get_model_version_by_alias("lmforge-tiny-lm", "latest-quantized")
+    assert candidate.run_id == dpo["stages"]["quantize"]
+    if gate["lmforge.promoted"] == "true":
+        assert production.version == candidate.version
+    else:
+        assert production.run_id == summary["stages"]["quantize"] and "production's" in gate["lmforge.gate"]
 
 
 def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> None:
@@ -108,6 +118,12 @@ def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> Non
     assert manifest["inputs"]["model"]["run_id"] == runs["sft"]
     assert manifest["inputs"]["reward_model"]["run_id"] == runs["reward"]
     _check_quantize(client, runs, tmp_path)
+    deploy = client.get_run(runs["deploy"])
+    assert deploy.data.tags["lmforge.promoted"] == "true"  # the first model becomes production
+    assert deploy.data.tags["lmforge.endpoint"].startswith("http://127.0.0.1:")
+    assert {"smoke_chat_latency_s", "smoke_stream_s", "candidate.pass_rate"} <= set(deploy.data.metrics)
+    production = client.get_model_version_by_alias("lmforge-tiny-lm", "production")
+    assert production.run_id == runs["quantize"]
 
 
 def _check_quantize(client: MlflowClient, runs: dict, tmp_path: Path) -> None:
