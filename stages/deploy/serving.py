@@ -52,7 +52,7 @@ def start(model_dir: Path, model_name: str, host: str = "127.0.0.1", port: int =
 
     from stages.deploy.app import build
 
-    serve.start(http_options={"host": host, "port": port}, detached=False)
+    serve.start(http_options={"host": host, "port": port})
     serve.run(build(model_dir, model_name, api_key, limits, threads, max_batch_size, batch_wait_s),
               name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
