@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API as a Ray Serve application.
+"""The OpenAI-compatible HTTP API as a Ray Serve application (no postponed annotations:
+FastAPI must see `Request` itself in the route signatures).
 
 One deployment holds the model; ``@serve.batch`` gathers concurrent requests (up to
 ``max_batch_size``, waiting at most ``batch_wait_s``) into one decoding loop of the
@@ -8,7 +9,6 @@ engine, which streams per-step deltas back to each request. Routes: ``GET /v1/mo
 OpenAI's error body; a Bearer key is required when one is configured.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json

@@ -42,20 +42,20 @@ def test_gate_both_ways_and_rollback(home, tmp_path):
     tracker = Tracker("gate")
     first = gate(tracker, quantize_run(tracker, tmp_path, 0.40, 100.0))
     assert first.promote and first.reason == "no production model yet"
-    assert tracker.client.get_model_version_by_alias(NAME, "production").version == "1"
+    assert str(tracker.client.get_model_version_by_alias(NAME, "production").version) == "1"
 
     worse = gate(tracker, quantize_run(tracker, tmp_path, 0.30, 100.0))
     assert not worse.promote and "pass rate 0.300 < production's 0.400" in worse.reason
-    assert tracker.client.get_model_version_by_alias(NAME, "production").version == "1"  # kept
+    assert str(tracker.client.get_model_version_by_alias(NAME, "production").version) == "1"  # kept
     blurry = gate(tracker, quantize_run(tracker, tmp_path, 0.45, 120.0))
     assert not blurry.promote and "perplexity 120.00 > production's 100.00" in blurry.reason
 
     better = gate(tracker, quantize_run(tracker, tmp_path, 0.45, 101.0))
     assert better.promote
-    assert tracker.client.get_model_version_by_alias(NAME, "production").version == "4"
+    assert str(tracker.client.get_model_version_by_alias(NAME, "production").version) == "4"
 
     out = last_json(run_cli(["rollback", "--name", NAME]).stdout)
     assert out == {"model": NAME, "from": "4", "to": "1"}
-    assert tracker.client.get_model_version_by_alias(NAME, "production").version == "1"
+    assert str(tracker.client.get_model_version_by_alias(NAME, "production").version) == "1"
     again = run_cli(["rollback", "--name", NAME], check=False)  # v1 replaced nothing: a clear error
     assert again.returncode != 0 and "replaced no earlier production version" in again.stderr
