@@ -85,6 +85,39 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
         assert production.version == candidate.version
     else:
         assert production.run_id == summary["stages"]["quantize"] and "production's" in gate["lmforge.gate"]
+    _check_serve_and_generate(str(production.version))
+
+
+def _check_serve_and_generate(version: str) -> None:
+    """`lmforge generate` answers from the production alias; `lmforge serve` serves it under its registered
+    name (another name is a 404) and stops on SIGTERM."""
+    import signal
+    import subprocess
+
+    from openai import NotFoundError, OpenAI
+
+    from tests.conftest import LMFORGE, REPO, free_port
+
+    out = run_cli(["generate", "--model", "models:/lmforge-tiny-lm@production", "--prompt", "Hello", "--max-tokens", "4"])
+    assert json.loads(out.stderr.strip().splitlines()[-1])["version"] == version
+    port = free_port()
+    proc = subprocess.Popen([LMFORGE, "serve", "--model", "models:/lmforge-tiny-lm@production", "--port", str(port),
+                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    try:
+        started = {}
+        for line in proc.stdout:  # Ray may forward worker lines to stdout before the JSON line
+            if line.startswith("{") and '"url"' in line:
+                started = json.loads(line)
+                break
+        assert started["version"] == version and started["url"] == f"http://127.0.0.1:{port}/v1"
+        oa = OpenAI(base_url=started["url"], api_key="none", max_retries=0, timeout=60)
+        assert [m.id for m in oa.models.list().data] == ["lmforge-tiny-lm"]
+        assert oa.completions.create(model="lmforge-tiny-lm", prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
+        with pytest.raises(NotFoundError):
+            oa.completions.create(model="another-model", prompt="Hi", max_tokens=2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
 
 
 def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> None:

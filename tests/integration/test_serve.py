@@ -28,6 +28,9 @@ def served(tmp_path_factory):
                         max_batch_size=8, batch_wait_s=0.05)
     yield {"url": url, "port": port, "model_dir": model_dir}
     serving.stop()
+    import ray
+
+    ray.shutdown()  # later tests start their own local clusters
 
 
 def client(url: str, key: str = "none"):
