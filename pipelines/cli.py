@@ -74,6 +74,10 @@ def run(
             _emit(_dry_run(cfg, until))
             return
         summary = _run_flow(cfg, until, config)
+        if cfg.deploy.keep_running and "deploy" in summary.get("stages", {}) \
+                and "deploy" not in summary.get("cache_hits", []):
+            _keep_serving(summary)  # the app lives on this process's Ray: serve until stopped
+            return
     except LmforgeError as exc:
         summary = getattr(exc, "summary", None)
         if summary:
@@ -82,6 +86,22 @@ def run(
     finally:
         _shutdown_ray()
     _emit(summary)
+
+
+def _keep_serving(summary: dict[str, Any]) -> None:
+    import signal
+    import threading
+
+    typer.echo(json.dumps(summary))
+    sys.stdout.flush()
+    typer.echo("deploy.keep_running: the model stays served until Ctrl-C or SIGTERM "
+               "(`lmforge serve` serves production without running the pipeline)", err=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
 
 
 def _run_flow(cfg, until: Optional[str], config_path: Optional[Path]) -> dict[str, Any]:

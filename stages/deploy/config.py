@@ -36,4 +36,5 @@ class DeployConfig(StageConfig):
     gate: GateConfig = Field(default_factory=GateConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     smoke_max_tokens: int = Field(16, ge=1, description="Tokens per smoke-test request.")
-    keep_running: bool = Field(False, description="Leave the app serving after the flow (else it is stopped).")
+    keep_running: bool = Field(False, description="Leave the app serving after the flow: `lmforge run` then stays "
+                                                  "in the foreground serving until Ctrl-C (else the app is stopped).")
