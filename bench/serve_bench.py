@@ -51,14 +51,6 @@ async def load(url: str, model: str, concurrency: int, requests: int, max_tokens
             "batch_sizes_formed": formed}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS or a model folder")
@@ -74,7 +66,7 @@ def main() -> None:
 
     folder, name, version = serving.resolve_model(args.model)
     ensure_ray()
-    url = serving.start(folder, name, port=_free_port(), limits={"max_tokens": max(256, args.max_tokens)},
+    url = serving.start(folder, name, port=serving.free_port(), limits={"max_tokens": max(256, args.max_tokens)},
                         threads=args.threads, max_batch_size=max(args.concurrency))
     try:
         asyncio.run(load(url, name, 2, 4, 8))  # warm-up

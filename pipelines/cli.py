@@ -89,19 +89,13 @@ def run(
 
 
 def _keep_serving(summary: dict[str, Any]) -> None:
-    import signal
-    import threading
+    from pipelines.serve_cli import wait_until_stopped
 
     typer.echo(json.dumps(summary))
     sys.stdout.flush()
     typer.echo("deploy.keep_running: the model stays served until Ctrl-C or SIGTERM "
                "(`lmforge serve` serves production without running the pipeline)", err=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+    wait_until_stopped()
 
 
 def _run_flow(cfg, until: Optional[str], config_path: Optional[Path]) -> dict[str, Any]:

@@ -21,6 +21,16 @@ def _fail(exc: LmforgeError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
+def wait_until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM: how a foreground server ends."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+
+
 def serve(
     model: ModelOpt = "models:/lmforge-demo-lm@production",
     host: Annotated[str, typer.Option(help="Bind address (loopback unless you mean otherwise).")] = "127.0.0.1",
@@ -48,12 +58,7 @@ def serve(
     typer.echo(f"serving {name} v{version} at {url}/v1 (Ctrl-C stops)", err=True)
     typer.echo(json.dumps({"url": f"{url}/v1", "model": name, "version": version}))
     sys.stdout.flush()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+    wait_until_stopped()
     serving.stop()
 
 

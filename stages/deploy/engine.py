@@ -39,18 +39,18 @@ class Delta:
 
 def load_model(model_dir: Path, threads: int | None = None):
     """A registered model folder: a quantize-stage variant or a transformers checkpoint."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from stages.alignment.generate import load_policy
     from stages.quantize.storage import WEIGHTS, load_quantized
 
-    if threads:
-        torch.set_num_threads(threads)
     model_dir = Path(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if (model_dir / WEIGHTS).exists():
-        model = load_quantized(model_dir)
+        if threads:
+            torch.set_num_threads(threads)
+        model, tokenizer = load_quantized(model_dir), AutoTokenizer.from_pretrained(str(model_dir))
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa", dtype="auto")
+        model, tokenizer = load_policy(model_dir, threads)
     if torch.cuda.is_available():
         model = model.to("cuda")
     return model.eval(), tokenizer

@@ -38,8 +38,8 @@ def figures(client, version) -> dict[str, float]:
     variant = run.data.tags.get("lmforge.quantized_variant")
     metrics = run.data.metrics
     if variant is None:  # a policy registered by sft/ppo/dpo: its own held-out pass rate
-        stage = run.data.tags.get("lmforge.stage", "")
-        return {k: v for k, v in {"pass_rate": metrics.get(f"{stage}.pass_rate")}.items() if v is not None}
+        key = f"{run.data.tags.get('lmforge.stage', '')}.pass_rate"
+        return {"pass_rate": metrics[key]} if key in metrics else {}
     return {k: metrics[f"{variant}.{k}"] for k in ("pass_rate", "perplexity") if f"{variant}.{k}" in metrics}
 
 

@@ -44,6 +44,14 @@ def _artifact_path(source: str, run_id: str) -> str:
     return source.split(marker, 1)[1] if marker in source else source.rsplit("/", 1)[-1]
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def start(model_dir: Path, model_name: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           limits: dict | None = None, threads: int | None = None, max_batch_size: int = 16,
           batch_wait_s: float = 0.02, timeout_s: float = 120) -> str:

@@ -80,12 +80,14 @@ class DeployStage(Stage):
             ctx.log.warning("deploy: gate refused %s v%s: %s; production stays v%s", name, candidate.version,
                             verdict.reason, verdict.production_version)
         serving_version = candidate if verdict.promote else current
-        model_dir, _, _ = serving.resolve_model(f"models:/{name}/{serving_version.version}", tracker.tracking_uri) \
-            if serving_version is not candidate else (Path(model_input.path), name, str(candidate.version))
+        if verdict.promote:
+            model_dir = Path(model_input.path)
+        else:  # the gate kept production: serve that
+            model_dir, _, _ = serving.resolve_model(f"models:/{name}/{current.version}", tracker.tracking_uri)
 
         s = cfg.server
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
-        port = s.port or _free_port(s.host)
+        port = s.port or serving.free_port(s.host)
         limits = {"max_tokens": s.max_tokens, "max_n": s.max_n, "max_request_bytes": s.max_request_bytes}
         url = serving.start(model_dir, name, s.host, port, s.api_key, limits, s.threads, s.max_batch_size,
                             s.batch_wait_s)
@@ -112,10 +114,3 @@ class DeployStage(Stage):
         return {"lmforge.endpoint": d["endpoint"], "lmforge.promoted": str(d["promoted"]).lower(),
                 "lmforge.gate": d["reason"][:500], "lmforge.served_version": d["served_version"]}
 
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]

@@ -114,7 +114,7 @@ class QuantizeStage(Stage):
         metrics: dict[str, float] = {}
         for row in table:
             for key, value in row.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
                     metrics[f"{row['variant']}.{key}"] = float(value)
         ctx.log.info("quantize: chose %s (%.2fx the size, perplexity %+.2f%%, pass rate %+.3f) within +%.1f%% "
                      "perplexity and -%.3f pass rate", chosen["variant"], chosen["size_ratio"],
