@@ -1,28 +1,27 @@
 """The OpenAI-compatible HTTP API as a Ray Serve application (no postponed annotations:
 FastAPI must see `Request` itself in the route signatures).
 
-One deployment holds the model; ``@serve.batch`` gathers concurrent requests (up to
-``max_batch_size``, waiting at most ``batch_wait_s``) into one decoding loop of the
-engine, which streams per-step deltas back to each request. Routes: ``GET /v1/models``,
-``POST /v1/completions``, ``POST /v1/chat/completions`` (the tokenizer's chat template),
-``GET /health``, ``GET /stats`` (batch sizes formed). Bad requests get a 4xx with
+One deployment holds the model; its scheduler batches concurrent requests continuously
+(they join and leave the engine's running batch between decoding steps, up to
+``max_batch_size`` rows) and streams per-step deltas back to each request. Routes:
+``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (the
+tokenizer's chat template), ``GET /health``, ``GET /stats`` (rows per decoding step). Bad requests get a 4xx with
 OpenAI's error body; a Bearer key is required when one is configured.
 """
 
 
 import asyncio
 import json
-from collections import Counter
 from pathlib import Path
-from typing import Any, AsyncGenerator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 
-from stages.deploy.engine import Delta, Engine, GenRequest, load_model
+from stages.deploy.engine import Engine, GenRequest, load_model
 from stages.deploy.protocol import ChatRequest, CompletionRequest, Limits, error_body, new_id, now
+from stages.deploy.scheduler import Scheduler
 
 api = FastAPI(title="lmforge", docs_url=None, redoc_url=None)
 
@@ -46,24 +45,11 @@ class LMServer:
         from stages.alignment.generate import stop_ids
 
         model, tokenizer = load_model(Path(model_dir), threads)
-        self.engine = Engine(model, tokenizer, stop_ids(tokenizer))
+        self.scheduler = Scheduler(Engine(model, tokenizer, stop_ids(tokenizer)), max_batch_size, batch_wait_s)
         self.tokenizer = tokenizer
         self.model_name, self.api_key = model_name, api_key
         self.limits = Limits(**(limits or {}))
-        self.batch_sizes: Counter[int] = Counter()
         self.created = now()
-        self._generate.set_max_batch_size(max_batch_size)
-        self._generate.set_batch_wait_timeout_s(batch_wait_s)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def _generate(self, requests: list[GenRequest]) -> AsyncGenerator[list[Any], None]:
-        self.batch_sizes[len(requests)] += 1
-        steps = self.engine.stream(requests)
-        while True:
-            deltas = await asyncio.to_thread(next, steps, None)  # decoding off the event loop
-            if deltas is None:
-                return
-            yield [d if d is not None else StopIteration for d in deltas]
 
     # --- helpers -------------------------------------------------------------------
     def _check(self, request: Request, raw: bytes) -> JSONResponse | None:
@@ -113,7 +99,7 @@ class LMServer:
 
     async def _collect(self, request: GenRequest) -> tuple[str, str, int]:
         text, finish, tokens = "", "length", 0
-        async for delta in self._generate(request):
+        async for delta in self.scheduler.generate(request):
             text += delta.text
             tokens = delta.completion_tokens
             finish = delta.finish_reason or finish
@@ -141,7 +127,7 @@ class LMServer:
             first = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
             yield f"data: {json.dumps(first)}\n\n"
-        async for delta in self._generate(request):
+        async for delta in self.scheduler.generate(request):
             if not delta.text and not delta.finish_reason:
                 continue
             if chat:
@@ -163,7 +149,8 @@ class LMServer:
 
     @api.get("/stats")
     def stats(self) -> dict:
-        return {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
+        """``batch_sizes``: how many decoding steps ran with each number of rows."""
+        return {"batch_sizes": {str(k): v for k, v in sorted(self.scheduler.rows_per_step.items())}}
 
     @api.get("/v1/models")
     def models(self, request: Request):

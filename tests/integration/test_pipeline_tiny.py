@@ -86,6 +86,40 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
     else:
         assert production.run_id == summary["stages"]["quantize"] and "production's" in gate["lmforge.gate"]
     _check_serve_and_generate(str(production.version))
+    _check_keep_running(dpo_args, client, str(production.version))
+
+
+def _check_keep_running(args: list[str], client: MlflowClient, version: str) -> None:
+    """deploy.keep_running: `lmforge run` prints its summary, then stays in the foreground serving production
+    until SIGTERM, and exits 0 with the app gone."""
+    import signal
+    import subprocess
+
+    import httpx
+
+    from tests.conftest import LMFORGE, REPO, free_port
+
+    port = free_port()
+    proc = subprocess.Popen([LMFORGE, *args, "--set", "deploy.keep_running=true", "--set", f"deploy.server.port={port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    try:
+        summary = {}
+        for line in proc.stdout:
+            if line.startswith("{") and '"stages"' in line:
+                summary = json.loads(line)
+                break
+        assert "deploy" not in summary["cache_hits"]  # keep_running is the deploy stage's config: it ran
+        tags = client.get_run(summary["stages"]["deploy"]).data.tags
+        assert tags["lmforge.endpoint"] == f"http://127.0.0.1:{port}"
+        assert proc.poll() is None  # still in the foreground after the summary
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
+        assert [m["id"] for m in models["data"]] == ["lmforge-tiny-lm"]
+        assert tags["lmforge.served_version"] == version
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
 def _check_serve_and_generate(version: str) -> None:
