@@ -17,7 +17,7 @@ import typer
 import yaml
 
 from stages.cli import setup_logging, stage_command
-from stages.core.errors import LmforgeError
+from stages.core.errors import Cancelled, LmforgeError
 
 app = typer.Typer(
     add_completion=False,
@@ -73,7 +73,63 @@ def run(
         if dry_run:
             _emit(_dry_run(cfg, until))
             return
-        summary = _run_flow(cfg, until, config)
+    except LmforgeError as exc:
+        raise _fail(exc) from None
+    _run_and_report(cfg, until, {"config": cfg.model_dump(mode="json"), "until": until,
+                                 "config_path": str(config) if config else None})
+
+
+FromOpt = Annotated[str, typer.Option("--from", help="The MLflow id of the pipeline run to start from (`lmforge status`).")]
+
+
+@app.command()
+def rerun(
+    stage: Annotated[str, typer.Argument(help="Stage to rerun, e.g. ppo.", show_default=False)],
+    from_: FromOpt = ...,  # type: ignore[assignment]
+    only: Annotated[bool, typer.Option("--only", help="Rerun STAGE alone, not the stages downstream of it.")] = False,
+    set_: SetOpt = [],  # noqa: B006
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Rerun STAGE of an earlier pipeline run (with --set overrides), then the stages after it.
+
+    The config is the one that run recorded; every stage before STAGE is reused from MLflow
+    by cache key (a cache hit), STAGE and its downstream stages run again even if cached.
+    The new pipeline run records `lmforge.rerun_of` = the old one. The same is available to
+    Prefect deployments as the flow parameters rerun_from / rerun_stage / only / overrides.
+    """
+    _rerun(from_, stage, only, set_, verbose)
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The MLflow id of the pipeline run to resume.", show_default=False)],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Resume a failed or cancelled pipeline run at the stage where it stopped.
+
+    Finished stages are cache hits; the run goes on to the stage the old run was meant to reach.
+    """
+    _rerun(run_id, None, False, [], verbose)
+
+
+def _rerun(from_run: str, stage: Optional[str], only: bool, overrides: list[str], verbose: bool) -> None:
+    setup_logging(verbose)
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from pipelines.rerun import plan_rerun
+        from stages.core.tracking import default_tracking_uri
+
+        plan = plan_rerun(MlflowClient(default_tracking_uri()), from_run, stage, only, overrides)
+    except LmforgeError as exc:
+        raise _fail(exc) from None
+    _run_and_report(plan.config, plan.until, {"rerun_from": from_run, "rerun_stage": stage, "only": only,
+                                              "overrides": overrides})
+
+
+def _run_and_report(cfg, until: Optional[str], flow_params: dict[str, Any]) -> None:
+    try:
+        summary = _run_flow(cfg, until, flow_params)
         if cfg.deploy.keep_running and "deploy" in summary.get("stages", {}) \
                 and "deploy" not in summary.get("cache_hits", []):
             _keep_serving(summary)  # the app lives on this process's Ray: serve until stopped
@@ -82,6 +138,14 @@ def run(
         summary = getattr(exc, "summary", None)
         if summary:
             _emit({**summary, "error": str(exc)})
+        if isinstance(exc.__cause__, Cancelled) or isinstance(exc, Cancelled):
+            # Runs are closed and Ray is shut down; an interpreter teardown after Ray calls were interrupted
+            # can crash in Ray's threads, so a cancelled run exits here, with its own code.
+            _shutdown_ray()
+            typer.echo(f"error: {exc}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
         raise _fail(exc) from None
     finally:
         _shutdown_ray()
@@ -98,7 +162,7 @@ def _keep_serving(summary: dict[str, Any]) -> None:
     wait_until_stopped()
 
 
-def _run_flow(cfg, until: Optional[str], config_path: Optional[Path]) -> dict[str, Any]:
+def _run_flow(cfg, until: Optional[str], flow_params: dict[str, Any]) -> dict[str, Any]:
     from pipelines.engines import ensure_prefect, prefect_env
 
     from pipelines.dag import stages_to_run
@@ -112,10 +176,7 @@ def _run_flow(cfg, until: Optional[str], config_path: Optional[Path]) -> dict[st
 
     from pipelines.flow import pipeline_flow
 
-    state = pipeline_flow(
-        config=cfg.model_dump(mode="json"), until=until,
-        config_path=str(config_path) if config_path else None, return_state=True,
-    )
+    state = pipeline_flow(**flow_params, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         if isinstance(result, LmforgeError):
@@ -182,6 +243,17 @@ app.command(
 
 from pipelines.serve_cli import generate, rollback, serve  # noqa: E402
 
+from pipelines.runs_cli import cancel, compare, dashboard, gc, status  # noqa: E402
+
+from pipelines.schedule_cli import schedule, schedules  # noqa: E402
+
+app.command("schedule")(schedule)
+app.command("schedules")(schedules)
+app.command("status")(status)
+app.command("compare")(compare)
+app.command("cancel")(cancel)
+app.command("gc")(gc)
+app.command("dashboard")(dashboard)
 app.command("serve")(serve)
 app.command("rollback")(rollback)
 app.command("generate")(generate)

@@ -40,7 +40,7 @@ class InlineExecutor:
     def inputs_for(self, stage: Stage, stage_runs: dict[str, str]) -> dict[str, StageInput]:
         return {name: upstream_input(self.tracker, name, spec, stage_runs) for name, spec in stage.inputs.items()}
 
-    def run(self, name: str, stage_runs: dict[str, str]) -> StageRun:
+    def run(self, name: str, stage_runs: dict[str, str], reuse: bool = True) -> StageRun:
         stage = get_stage(name)
         output_dir = work_root() / (self.parent_run_id or "adhoc") / name
         return execute_stage(
@@ -49,7 +49,7 @@ class InlineExecutor:
             self.inputs_for(stage, stage_runs),
             Path(output_dir),
             seed=self.config.pipeline.seed,
-            tracking=Tracking(self.tracker, parent_run_id=self.parent_run_id),
+            tracking=Tracking(self.tracker, parent_run_id=self.parent_run_id, reuse=reuse),
             ray_address=self.config.engines.ray.address,
             ray_num_cpus=self.config.engines.ray.num_cpus,
             pipeline_name=self.config.pipeline.name,
@@ -74,7 +74,7 @@ class RayJobExecutor:
     parent_run_id: str
     log: Callable[[str], None] = field(default=print)
 
-    def entrypoint(self, name: str, stage_runs: dict[str, str], output: Path) -> str:
+    def entrypoint(self, name: str, stage_runs: dict[str, str], output: Path, reuse: bool = True) -> str:
         stage = get_stage(name)
         python = self.config.engines.ray_job.python or sys.executable
         args = [python, "-m", "stages", name, "--config", "pipeline.yaml", "--output", str(output),
@@ -85,9 +85,11 @@ class RayJobExecutor:
                 raise StageError(f"{name} needs stage '{' or '.join(choices.split('|'))}', which has not run in "
                                  f"this pipeline run")
             args += ["--upstream", f"{up}={stage_runs[up]}"]
+        if not reuse:
+            args.append("--no-cache")
         return " ".join(shlex.quote(a) for a in args)
 
-    def run(self, name: str, stage_runs: dict[str, str]) -> StageRun:
+    def run(self, name: str, stage_runs: dict[str, str], reuse: bool = True) -> StageRun:
         from ray.job_submission import JobStatus, JobSubmissionClient
 
         engine = self.config.engines.ray_job
@@ -101,7 +103,7 @@ class RayJobExecutor:
         client = JobSubmissionClient(engine.address)
         started = time.time()
         submit = dict(
-            entrypoint=self.entrypoint(name, stage_runs, output),
+            entrypoint=self.entrypoint(name, stage_runs, output, reuse),
             submission_id=f"lmforge-{name}-{uuid.uuid4().hex[:10]}",
             runtime_env={"working_dir": str(job_dir), "env_vars": env},
             metadata={"lmforge.stage": name, "lmforge.pipeline_run_id": self.parent_run_id},
@@ -118,16 +120,21 @@ class RayJobExecutor:
         self.log(f"{name}: submitted Ray job {job_id} to {engine.address}")
         seen = 0
         terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-        while True:
-            status = client.get_job_status(job_id)
-            logs = client.get_job_logs(job_id)
-            for line in logs[seen:].splitlines():
-                if line.strip():
-                    self.log(f"[{job_id}] {line}")
-            seen = len(logs)
-            if status in terminal:
-                break
-            time.sleep(engine.poll_s)
+        try:
+            while True:
+                status = client.get_job_status(job_id)
+                logs = client.get_job_logs(job_id)
+                for line in logs[seen:].splitlines():
+                    if line.strip():
+                        self.log(f"[{job_id}] {line}")
+                seen = len(logs)
+                if status in terminal:
+                    break
+                time.sleep(engine.poll_s)
+        except BaseException:  # cancelled (or the driver failed): the job must not run on unwatched
+            client.stop_job(job_id)
+            self.log(f"{name}: stopped Ray job {job_id}")
+            raise
         if status != JobStatus.SUCCEEDED:
             tail = "\n".join(logs.strip().splitlines()[-15:])
             raise StageError(f"{name}: Ray job {job_id} {status.value}:\n{tail}")

@@ -7,40 +7,73 @@ Stage reuse is decided by the MLflow cache key alone, so Prefect's task cache is
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from pipelines.config import PipelineConfig, from_dict
+from pipelines.config import PipelineConfig, from_dict, load_config
 from pipelines.executors import InlineExecutor, RayJobExecutor
 from pipelines.dag import stages_to_run
-from stages.core.errors import LmforgeError, StageError
+from pipelines.rerun import CONFIG_ARTIFACT, RunPlan, plan_rerun
+from stages.core.errors import Cancelled, LmforgeError, StageError
 from stages.core.tracking import Tracker
 
 
 class PipelineFailed(LmforgeError):
     """A stage failed; carries the summary of what did run."""
 
-    def __init__(self, message: str, summary: dict[str, Any]):
+    def __init__(self, message: str, summary: dict[str, Any], exit_code: int = 1):
         super().__init__(message)
         self.summary = summary
+        self.exit_code = exit_code
+
+
+CANCEL_SIGNAL = signal.SIGUSR1
+
+
+def _cancel_on_signal() -> None:
+    """``lmforge cancel`` sends SIGUSR1: it raises ``Cancelled`` in the running stage, so the stage's MLflow
+    run ends KILLED, nothing half-written is kept and Ray is shut down in order. (SIGTERM stays Prefect's:
+    a worker cancelling a deployment's flow run sends it, and Prefect's own handler marks the run.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise Cancelled("cancelled (lmforge cancel)")
+
+    signal.signal(CANCEL_SIGNAL, handler)
+
+
+def _not_cancelled(task, task_run, state) -> bool:
+    """Prefect retries a failed stage task, never a cancelled one."""
+    return not isinstance(state.result(raise_on_failure=False), Cancelled)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
-def run_stage(name: str, config: dict[str, Any], stage_runs: dict[str, str], parent_run_id: str) -> dict[str, Any]:
+def run_stage(name: str, config: dict[str, Any], stage_runs: dict[str, str], parent_run_id: str,
+              reuse: bool = True) -> dict[str, Any]:
     logger = get_run_logger()
     cfg = from_dict(config)
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
+    if not reuse:
+        logger.info("%s: rerun asked for: not reusing a cached run", name)
     try:
         if cfg.engines.executor == "ray-job":
-            result = RayJobExecutor(cfg, tracker, parent_run_id, log=logger.info).run(name, stage_runs)
+            result = RayJobExecutor(cfg, tracker, parent_run_id, log=logger.info).run(name, stage_runs, reuse)
         else:
-            result = InlineExecutor(cfg, tracker, parent_run_id).run(name, stage_runs)
+            result = InlineExecutor(cfg, tracker, parent_run_id).run(name, stage_runs, reuse)
     except LmforgeError:
         raise
     except Exception as exc:  # surface the stage's own error, not a framework traceback
@@ -57,47 +90,93 @@ def run_stage(name: str, config: dict[str, Any], stage_runs: dict[str, str], par
 
 
 def _summary_markdown(cfg: PipelineConfig, tracker: Tracker, parent: str, results: dict[str, dict[str, Any]],
-                      failed: str | None) -> str:
+                      failed: str | None, plan: RunPlan) -> str:
+    from pipelines.runs import is_key_figure
+
+    ui = f"http://127.0.0.1:{cfg.engines.mlflow.ui_port}/#/experiments/{tracker.experiment_id}/runs"
     lines = [
         f"# lmforge pipeline `{cfg.pipeline.name}`",
         "",
-        f"MLflow parent run `{parent}` (experiment `{tracker.experiment_name}`, id {tracker.experiment_id}); "
-        f"open it with `lmforge ui` at http://127.0.0.1:{cfg.engines.mlflow.ui_port}/#/experiments/"
-        f"{tracker.experiment_id}/runs/{parent}",
-        "",
-        "| stage | MLflow run | cache hit | duration (s) | counts |",
-        "| --- | --- | --- | --- | --- |",
+        f"MLflow parent run [`{parent}`]({ui}/{parent}) (experiment `{tracker.experiment_name}`; "
+        "`lmforge ui` starts the MLflow UI)",
     ]
+    if plan.rerun_of:
+        lines.append(f"Rerun of [`{plan.rerun_of}`]({ui}/{plan.rerun_of}); forced: {', '.join(plan.force) or 'none'}")
+    lines += ["", "| stage | MLflow run | cache hit | duration (s) | counts | key figures |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for name, info in results.items():
         counts = ", ".join(f"{k}={v}" for k, v in info["counts"].items())
-        lines.append(f"| {name} | `{info['run_id']}` | {'yes' if info['cache_hit'] else 'no'} | "
-                     f"{info['duration_s']} | {counts} |")
+        figures = ", ".join(f"{k}={v:.4g}" for k, v in info["metrics"].items()
+                            if isinstance(v, (int, float)) and is_key_figure(f"{name}.{k}"))
+        lines.append(f"| {name} | [`{info['run_id'][:12]}`]({ui}/{info['run_id']}) | "
+                     f"{'yes' if info['cache_hit'] else 'no'} | {info['duration_s']} | {counts} | {figures} |")
     if failed:
-        lines.append(f"| {failed} | - | - | - | **failed** |")
+        lines.append(f"| {failed} | - | - | - | **failed** | |")
     return "\n".join(lines)
 
 
+def resolve_plan(config: dict[str, Any] | None, until: str | None, config_path: str | None,
+                 overrides: list[str] | None, rerun_stage: str | None, rerun_from: str | None,
+                 only: bool) -> RunPlan:
+    """The flow's parameters -> what to run: a given config, a config file with overrides, or a rerun."""
+    if rerun_from:
+        from mlflow.tracking import MlflowClient
+
+        from stages.core.tracking import default_tracking_uri
+
+        return plan_rerun(MlflowClient(default_tracking_uri()), rerun_from, rerun_stage, only, overrides or [])
+    if config is not None:
+        return RunPlan(from_dict(config), until)
+    return RunPlan(load_config(Path(config_path) if config_path else None, overrides or []), until)
+
+
+def _roll_up(tracker: Tracker, parent: str, name: str, info: dict[str, Any]) -> None:
+    """The stage's counts, figures and duration on the parent run as ``<stage>.<name>``, so MLflow's
+    compare view and ``lmforge compare`` show whole pipelines side by side (reused stages included)."""
+    figures = {**info["counts"], **info["metrics"], "duration_s": info["duration_s"]}
+    tracker.log_metrics(parent, {f"{name}.{k}": v for k, v in figures.items()})
+
+
 @flow(name="lmforge-pipeline", validate_parameters=False)
-def pipeline_flow(config: dict[str, Any], until: str | None = None, config_path: str | None = None) -> dict[str, Any]:
-    """Run the pipeline's stages in DAG order (through ``until``), reusing cached stages."""
+def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None, config_path: str | None = None,
+                  overrides: list[str] | None = None, rerun_stage: str | None = None, rerun_from: str | None = None,
+                  only: bool = False) -> dict[str, Any]:
+    """Run the pipeline's stages in DAG order (through ``until``), reusing cached stages.
+
+    ``config`` is the resolved config (what ``lmforge run`` passes); a deployment passes
+    ``config_path`` and ``overrides`` instead. ``rerun_from`` (a pipeline run id) reruns
+    ``rerun_stage`` and what follows it (only it with ``only``), or resumes that run when
+    no stage is named.
+    """
     logger = get_run_logger()
-    cfg = from_dict(config)
-    names = stages_to_run(until, cfg.pipeline.alignment)
+    _cancel_on_signal()
+    plan = resolve_plan(config, until, config_path, overrides, rerun_stage, rerun_from, only)
+    cfg = plan.config
+    config = cfg.model_dump(mode="json")
+    names = stages_to_run(plan.until, cfg.pipeline.alignment)
     flow_run_id = str(flow_run.id)
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    parent = tracker.start_run(
-        f"{cfg.pipeline.name}-{stamp}",
-        tags={
-            "lmforge.kind": "pipeline",
-            "lmforge.prefect_flow_run_id": flow_run_id,
-            "lmforge.config_path": config_path or "",
-            "lmforge.until": until or "",
-            "lmforge.stages": ",".join(names),
-        },
-    )
-    tracker.log_params(parent, cfg.model_dump(mode="json"))
-    logger.info("pipeline run %s (MLflow experiment %s): %s", parent, tracker.experiment_name, " -> ".join(names))
+    tags = {
+        "lmforge.kind": "pipeline",
+        "lmforge.prefect_flow_run_id": flow_run_id,
+        "lmforge.config_path": config_path or "",
+        "lmforge.until": plan.until or "",
+        "lmforge.stages": ",".join(names),
+        "lmforge.pid": str(os.getpid()),
+        "lmforge.host": socket.gethostname(),
+        "lmforge.prefect_api_url": os.environ.get("PREFECT_API_URL", ""),
+    }
+    if plan.rerun_of:
+        tags.update({"lmforge.rerun_of": plan.rerun_of, "lmforge.rerun_stage": plan.rerun_stage or "",
+                     "lmforge.forced": ",".join(plan.force)})
+    prefix = f"rerun-{plan.rerun_stage}" if plan.rerun_stage else ("resume" if plan.rerun_of else cfg.pipeline.name)
+    parent = tracker.start_run(f"{prefix}-{stamp}", tags=tags)
+    tracker.log_params(parent, config)
+    tracker.client.log_text(parent, yaml.safe_dump(config, sort_keys=False), CONFIG_ARTIFACT)
+    what = f" (rerun of {plan.rerun_of}; forced: {', '.join(plan.force) or 'none'})" if plan.rerun_of else ""
+    logger.info("pipeline run %s (MLflow experiment %s): %s%s", parent, tracker.experiment_name,
+                " -> ".join(names), what)
     results: dict[str, dict[str, Any]] = {}
     stage_runs: dict[str, str] = {}
     started = time.time()
@@ -107,15 +186,18 @@ def pipeline_flow(config: dict[str, Any], until: str | None = None, config_path:
         try:
             info = run_stage.with_options(
                 name=name, task_run_name=name, retries=cfg.pipeline.retries,
-                retry_delay_seconds=cfg.pipeline.retry_delay_s,
-            )(name, config, dict(stage_runs), parent)
+                retry_delay_seconds=cfg.pipeline.retry_delay_s, retry_condition_fn=_not_cancelled,
+            )(name, config, dict(stage_runs), parent, name not in plan.force)
         except Exception as exc:  # noqa: BLE001 - recorded on the parent run, then re-raised
             failed, error = name, exc
             break
         results[name] = info
         stage_runs[name] = info["run_id"]
-        tracker.log_metrics(parent, {f"{name}.{k}": v for k, v in info["counts"].items()})
-        tracker.log_metrics(parent, {f"{name}.duration_s": info["duration_s"]})
+        _roll_up(tracker, parent, name, info)
+        tracker.set_tags(parent, {  # kept current, so `lmforge status` shows a running pipeline's progress
+            "lmforge.stage_runs": ",".join(f"{k}={v}" for k, v in stage_runs.items()),
+            "lmforge.cache_hits": ",".join(n for n, i in results.items() if i["cache_hit"]),
+        })
 
     summary = {
         "pipeline_run_id": parent,
@@ -123,19 +205,24 @@ def pipeline_flow(config: dict[str, Any], until: str | None = None, config_path:
         "stages": dict(stage_runs),
         "cache_hits": [n for n, info in results.items() if info["cache_hit"]],
     }
-    tracker.set_tags(parent, {
-        "lmforge.stage_runs": ",".join(f"{k}={v}" for k, v in stage_runs.items()),
-        "lmforge.cache_hits": ",".join(summary["cache_hits"]),
-    })
+    if plan.rerun_of:
+        summary["rerun_of"] = plan.rerun_of
     tracker.log_metrics(parent, {"pipeline.duration_s": time.time() - started})
     create_markdown_artifact(
         key="lmforge-pipeline-summary",
-        markdown=_summary_markdown(cfg, tracker, parent, results, failed),
+        markdown=_summary_markdown(cfg, tracker, parent, results, failed, plan),
         description=f"lmforge stages and MLflow runs of pipeline run {parent}",
     )
     if error is not None:
-        message = f"stage {failed} failed: {error}"
-        tracker.fail(parent, message)
-        raise PipelineFailed(message, {**summary, "failed_stage": failed}) from error
+        cancelled = isinstance(error, Cancelled)
+        message = f"stage {failed} {'was cancelled' if cancelled else 'failed'}: {error}"
+        tracker.set_tags(parent, {"lmforge.failed_stage": failed})
+        if cancelled:
+            tracker.set_tags(parent, {"lmforge.error": message})
+            tracker.finish(parent, "KILLED")
+        else:
+            tracker.fail(parent, message)
+        raise PipelineFailed(message, {**summary, "failed_stage": failed}, error.exit_code if cancelled else 1) \
+            from error
     tracker.finish(parent)
     return summary

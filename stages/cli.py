@@ -76,7 +76,8 @@ def parse_upstream(items: list[str]) -> dict[str, str]:
 
 def run_standalone(name: str, inputs: list[str], output: Path, config_path: Optional[Path],
                    overrides: list[str], ray_address: Optional[str], parent_run: Optional[str] = None,
-                   upstream: Optional[list[str]] = None, tracking_uri: Optional[str] = None) -> dict[str, Any]:
+                   upstream: Optional[list[str]] = None, tracking_uri: Optional[str] = None,
+                   reuse: bool = True) -> dict[str, Any]:
     from stages.core.runner import Tracking, execute_stage
     from stages.registry import get_stage
 
@@ -93,7 +94,7 @@ def run_standalone(name: str, inputs: list[str], output: Path, config_path: Opti
         tracker = Tracker(pipeline_name, tracking_uri)
         runs = parse_upstream(upstream or [])
         resolved = {n: upstream_input(tracker, n, spec, runs) for n, spec in stage.inputs.items()}
-        tracking = Tracking(tracker, parent_run_id=parent_run)
+        tracking = Tracking(tracker, parent_run_id=parent_run, reuse=reuse)
     else:
         parsed = parse_inputs(inputs)
         for input_name, (kind, alias) in stage.registered_defaults.items():
@@ -132,6 +133,7 @@ def stage_command(
     parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run as a stage of this MLflow pipeline run (tracked, cached, inputs from --upstream runs); what the ray-job executor submits.")] = None,
     upstream: Annotated[list[str], typer.Option("--upstream", help="STAGE=MLFLOW_RUN_ID of an upstream stage run (with --parent-run). Repeatable.")] = [],  # noqa: B006
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow store for --parent-run (default: SQLite under LMFORGE_HOME).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="With --parent-run: run even if a run with the same cache key exists (a rerun asked for).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run one stage on plain files, with no Prefect and no server.
@@ -142,7 +144,8 @@ def stage_command(
     """
     setup_logging(verbose)
     try:
-        summary = run_standalone(name, input, output, config, set_, ray_address, parent_run, upstream, tracking_uri)
+        summary = run_standalone(name, input, output, config, set_, ray_address, parent_run, upstream, tracking_uri,
+                                 reuse=not no_cache)
     except LmforgeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None

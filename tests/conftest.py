@@ -113,3 +113,43 @@ def make_tiny_model(folder: Path, num_kv_heads: int = 2) -> Path:
                          tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(str(folder))
     return folder
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+TEST_ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium: installed by the test run when root (CI), else it must be there already."""
+    import shutil
+
+    path = shutil.which("chromium")
+    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            subprocess.run(install, env=env, capture_output=True, timeout=900)
+        path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("needs Debian's chromium for the headless browser check: `apt-get install chromium` "
+                    "(the test installs it itself when it runs as root)")
+    return path
+
+
+def browse(chromium: str, url: str, profile: Path, screenshot: str | None = None,
+           budget_ms: int = 20000) -> tuple[str, list[str]]:
+    """Load ``url`` in headless Chromium: (the DOM after its scripts ran, console errors); optionally a
+    screenshot into test-artifacts/."""
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
+             "--enable-logging=stderr", "--v=0", "--window-size=1400,2200"]
+    proc = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180)
+    errors = [line for line in proc.stderr.splitlines()
+              if "CONSOLE" in line and ("Uncaught" in line or ":ERROR:" in line or '"error' in line.lower())]
+    if screenshot:
+        TEST_ARTIFACTS.mkdir(exist_ok=True)
+        subprocess.run([chromium, *flags, f"--screenshot={TEST_ARTIFACTS / screenshot}", url],
+                       capture_output=True, timeout=180)
+    return proc.stdout, errors

@@ -15,3 +15,9 @@ class ConfigError(LmforgeError):
 
 class StageError(LmforgeError):
     """A stage could not do its job; the message says which stage and why."""
+
+
+class Cancelled(LmforgeError):
+    """The run was cancelled (``lmforge cancel``, SIGTERM, Ctrl-C): runs end as KILLED, not FAILED."""
+
+    exit_code = 130

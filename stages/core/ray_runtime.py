@@ -6,8 +6,11 @@ On 2 cores every task states its ``num_cpus`` and sets torch threads to match
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 
 log = logging.getLogger("lmforge.ray")
 
@@ -17,6 +20,24 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> Non
 
     if ray.is_initialized():
         return
+    with _keeping_sigterm_handler():
+        _init(ray, address, num_cpus)
+
+
+@contextlib.contextmanager
+def _keeping_sigterm_handler():
+    """``ray.init`` replaces the driver's SIGTERM handler with a ``sys.exit``; the one installed before (Prefect's,
+    which turns a worker's SIGTERM into a cancelled flow run) must stay in charge."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and before not in (None, signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, before)
+
+
+def _init(ray, address: str | None, num_cpus: float | None) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     common = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)

@@ -19,7 +19,7 @@ from stages.core.codehash import code_hash
 from stages.core.contract import Stage, StageConfig, StageContext, StageInput, StageResult
 from stages.core.digests import sha256_json, tree_digests
 from stages.core.environment import hardware, library_versions, lock_hash
-from stages.core.errors import LmforgeError, StageError
+from stages.core.errors import Cancelled, LmforgeError, StageError
 from stages.core.manifest import MANIFEST, read_manifest, write_manifest
 from stages.core.tracking import TAG_CACHE_KEY, TAG_COMPLETE, TAG_PIPELINE, TAG_STAGE, Tracker
 
@@ -136,6 +136,7 @@ def execute_stage(
             tags[TAG_PIPELINE] = tracking.parent_run_id
         run_id = tracking.tracker.start_run(stage.name, tags, parent_run_id=tracking.parent_run_id)
         tracking.tracker.log_params(run_id, config.model_dump(mode="json"))
+        tracking.tracker.log_dataset_inputs(run_id, inputs)
 
     try:
         with atomic_output_dir(output_dir) as tmp:
@@ -160,8 +161,12 @@ def execute_stage(
             tracker.finish(run_id)
     except BaseException as exc:
         if tracking is not None and run_id is not None:
-            message = str(exc) if isinstance(exc, LmforgeError) else f"{type(exc).__name__}: {exc}"
-            tracking.tracker.fail(run_id, message or type(exc).__name__)
+            if isinstance(exc, (Cancelled, KeyboardInterrupt)) or type(exc).__name__ == "TerminationSignal":
+                tracking.tracker.set_tags(run_id, {"lmforge.error": "cancelled"})
+                tracking.tracker.finish(run_id, "KILLED")
+            else:
+                message = str(exc) if isinstance(exc, LmforgeError) else f"{type(exc).__name__}: {exc}"
+                tracking.tracker.fail(run_id, message or type(exc).__name__)
         raise
 
     if tracking is not None and run_id is not None:

@@ -108,6 +108,23 @@ class Tracker:
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start : start + 500])
 
+    def log_dataset_inputs(self, run_id: str, inputs: dict[str, Any]) -> None:
+        """Each input (a ``StageInput``) as an MLflow dataset input: name, content digest, and the upstream run or
+        path it came from, so MLflow's UI shows which data a run read (the digest is cut to MLflow's 36
+        characters; the manifest keeps the full sha256)."""
+        import json as _json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        datasets = []
+        for name, item in sorted(inputs.items()):
+            source = {"run_id": item.run_id} if item.run_id else {"path": str(item.path)}
+            dataset = Dataset(name=name, digest=item.digest[:36], source_type="lmforge-run" if item.run_id else "local",
+                              source=_json.dumps(source))
+            datasets.append(DatasetInput(dataset, [InputTag("mlflow.data.context", name)]))
+        if datasets:
+            self.client.log_inputs(run_id, datasets=datasets)
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, str(value)[:5000])

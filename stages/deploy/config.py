@@ -36,5 +36,7 @@ class DeployConfig(StageConfig):
     gate: GateConfig = Field(default_factory=GateConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     smoke_max_tokens: int = Field(16, ge=1, description="Tokens per smoke-test request.")
+    latency_probe_requests: int = Field(12, ge=0, description="Chat requests after the smoke test, one at a time, "
+                                                              "for the served model's latency percentiles.")
     keep_running: bool = Field(False, description="Leave the app serving after the flow: `lmforge run` then stays "
                                                   "in the foreground serving until Ctrl-C (else the app is stopped).")

@@ -23,8 +23,14 @@ from stages.deploy.config import DeployConfig
 REPORT = "deploy.json"
 
 
-def smoke_test(url: str, model: str, api_key: str | None, max_tokens: int) -> dict:
-    """Completion, chat and a streamed chat through the openai client; latencies in seconds."""
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def smoke_test(url: str, model: str, api_key: str | None, max_tokens: int, probe_requests: int = 12) -> dict:
+    """Completion, chat and a streamed chat through the openai client, then ``probe_requests``
+    chat requests one after another for latency percentiles (seconds)."""
     from openai import OpenAI
 
     oa = OpenAI(base_url=f"{url}/v1", api_key=api_key or "none", max_retries=0, timeout=120)
@@ -45,7 +51,14 @@ def smoke_test(url: str, model: str, api_key: str | None, max_tokens: int) -> di
     stream_s = time.perf_counter() - start
     if not chunks or chunks[-1].choices[0].finish_reason is None:
         raise StageError("deploy: the streamed answer did not end with a finish_reason")
-    return {"chat_latency_s_median": statistics.median(latencies), "stream_s": stream_s,
+    probe = []
+    for k in range(probe_requests):
+        start = time.perf_counter()
+        oa.chat.completions.create(model=model, messages=[{"role": "user", "content": f"Say {k}"}],
+                                   max_tokens=max_tokens, temperature=0)
+        probe.append(time.perf_counter() - start)
+    figures = {f"latency_p{int(q * 100)}_s": percentile(probe, q) for q in (0.5, 0.9, 0.99)} if probe else {}
+    return {**figures, "chat_latency_s_median": statistics.median(latencies), "stream_s": stream_s,
             "stream_chunks": len(chunks), "completion_tokens": completion.usage.completion_tokens,
             "answers": answers}
 
@@ -92,7 +105,7 @@ class DeployStage(Stage):
         url = serving.start(model_dir, name, s.host, port, s.api_key, limits, s.threads, s.max_batch_size,
                             s.batch_wait_s)
         try:
-            smoke = smoke_test(url, name, s.api_key, cfg.smoke_max_tokens)
+            smoke = smoke_test(url, name, s.api_key, cfg.smoke_max_tokens, cfg.latency_probe_requests)
         finally:
             if not cfg.keep_running:
                 serving.stop()
@@ -105,6 +118,7 @@ class DeployStage(Stage):
                   "previous_production": verdict.production_version, "running": cfg.keep_running, "smoke": smoke}
         (ctx.output_dir / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False))
         metrics = {"promoted": float(verdict.promote), "smoke_chat_latency_s": smoke["chat_latency_s_median"],
+                   **{k: v for k, v in smoke.items() if k.startswith("latency_p")},
                    "smoke_stream_s": smoke["stream_s"], **{f"candidate.{k}": v for k, v in verdict.candidate.items()}}
         return StageResult(counts={"promoted": int(verdict.promote)}, metrics=metrics, details=report,
                            outputs={"report": REPORT})

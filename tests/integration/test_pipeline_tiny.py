@@ -17,7 +17,7 @@ from tests.conftest import TINY, last_json, run_cli
 pytestmark = pytest.mark.integration
 
 
-def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_path):
+def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_path, request):
     """The whole tiny pipeline through PPO, then the DPO path reusing everything up to sft."""
     from stages.core.digests import sha256_json
 
@@ -87,6 +87,42 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
         assert production.run_id == summary["stages"]["quantize"] and "production's" in gate["lmforge.gate"]
     _check_serve_and_generate(str(production.version))
     _check_keep_running(dpo_args, client, str(production.version))
+    _check_dashboard(summary, dpo, tmp_path, request)
+    _check_prefect_ui(summary, prefect_server, tmp_path, request)
+
+
+def _check_prefect_ui(run: dict, prefect_server: dict, tmp_path: Path, request) -> None:
+    """The Prefect UI's flow-run page, loaded in headless Chromium, shows every stage's task run."""
+    from tests.conftest import browse
+
+    chromium = request.getfixturevalue("chromium")
+    url = f"{prefect_server['url']}/runs/flow-run/{run['prefect_flow_run_id']}"
+    dom, errors = browse(chromium, url, tmp_path / "profile-prefect", screenshot="prefect-flow-run.png")
+    assert not errors, errors
+    missing = [stage for stage in run["stages"] if stage not in dom]
+    assert not missing, f"the flow-run page does not show {missing}"
+
+
+def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, request) -> None:
+    """`lmforge dashboard --out`: every stage in the DAG, every chart drawn with data, no script errors, in
+    headless Chromium (a screenshot goes to test-artifacts/)."""
+    import re
+
+    from tests.conftest import browse
+
+    page = tmp_path / "dashboard.html"
+    written = last_json(run_cli(["dashboard", "--run", ppo_run["pipeline_run_id"], "--out", str(page)]).stdout)
+    assert written["runs"][0] == ppo_run["pipeline_run_id"] and dpo_run["pipeline_run_id"] in written["runs"]
+    chromium = request.getfixturevalue("chromium")  # skips here (after the pipeline checks) without a browser
+    url = f"{page.as_uri()}?run={ppo_run['pipeline_run_id']}&compare={dpo_run['pipeline_run_id']}"
+    dom, errors = browse(chromium, url, tmp_path / "profile", screenshot="dashboard.png")
+    assert not errors, errors
+    for stage in ppo_run["stages"]:
+        assert f'data-stage="{stage}"' in dom
+    charts = dict(re.findall(r'id="chart-([a-z]+)"[^>]*data-points="(\d+)"', dom))
+    assert set(charts) == {"funnel", "pretrain", "sft", "reward", "ppo", "passrate", "quantization", "serving"}
+    assert all(int(points) > 0 for points in charts.values()), charts
+    assert re.search(r'<div id="errors">\s*</div>', dom)
 
 
 def _check_keep_running(args: list[str], client: MlflowClient, version: str) -> None:

@@ -1,0 +1,1 @@
+"""The pipeline dashboard (`lmforge dashboard`): MLflow figures as one self-contained page."""

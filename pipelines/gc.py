@@ -1,0 +1,128 @@
+"""What ``lmforge gc`` may delete and how much that frees.
+
+Needed (never touched): stage runs a registered model version points at (every alias
+resolves to one), the stage runs of the ``keep`` most recent pipeline runs, and anything
+a running pipeline uses. The rest of the stage runs lose their artifacts and are
+deleted in MLflow (so the cache never offers a run whose files are gone); stage work
+dirs of pipelines that are not running, Ray Train checkpoints of no needed run, and the
+object-spill folders of Ray sessions that are no longer alive go too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines import runs
+from stages.core.paths import lmforge_home, work_root
+from stages.core.tracking import local_path_of
+
+
+@dataclass
+class Item:
+    kind: str  # stage-run, work-dir, checkpoint, ray-spill
+    path: Path | None
+    bytes: int
+    run_id: str | None = None
+    label: str = ""
+
+
+@dataclass
+class Plan:
+    delete: list[Item] = field(default_factory=list)
+    kept_runs: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return sum(i.bytes for i in self.delete)
+
+
+def size_of(path: Path) -> int:
+    if not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _aliased_runs(client) -> set[str]:
+    needed = set()
+    for model in client.search_registered_models(max_results=1000):
+        for version in client.search_model_versions(f"name = '{model.name}'", max_results=1000):
+            if version.aliases:
+                needed.add(version.run_id)
+    return needed
+
+
+def _stage_runs_of(client, pipeline_run) -> set[str]:
+    used = {p.split("=", 1)[1] for p in pipeline_run.data.tags.get("lmforge.stage_runs", "").split(",") if "=" in p}
+    children = client.search_runs([pipeline_run.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{pipeline_run.info.run_id}'",
+                                  max_results=500)
+    return used | {c.info.run_id for c in children}
+
+
+def plan(client, keep: int) -> Plan:
+    ids = runs.experiment_ids(client)
+    if not ids:
+        return Plan()
+    pipelines = client.search_runs(ids, filter_string="tags.`lmforge.kind` = 'pipeline'",
+                                   order_by=["attributes.start_time DESC"], max_results=5000)
+    running = [p for p in pipelines if runs.pipeline_state(p) == "RUNNING"]
+    needed = _aliased_runs(client)
+    for pipeline_run in pipelines[:keep] + running:
+        needed |= _stage_runs_of(client, pipeline_run)
+    stage_runs = client.search_runs(ids, filter_string="tags.`lmforge.stage` != ''", max_results=50000)
+    result = Plan(kept_runs=len([r for r in stage_runs if r.info.run_id in needed]))
+    needed_keys = {r.data.tags.get("lmforge.cache_key", "")[:20] for r in stage_runs if r.info.run_id in needed}
+    for r in stage_runs:
+        if r.info.run_id in needed or r.info.status == "RUNNING":
+            if r.info.status == "RUNNING":
+                needed_keys.add(r.data.tags.get("lmforge.cache_key", "")[:20])
+            continue
+        path = local_path_of(r.info.artifact_uri)
+        result.delete.append(Item("stage-run", path, size_of(path) if path else 0, r.info.run_id,
+                                  f"{r.data.tags.get('lmforge.stage')} {r.info.run_id}"))
+    live = {p.info.run_id for p in running}
+    if work_root().exists():
+        for folder in sorted(work_root().iterdir()):
+            if folder.name not in live:
+                result.delete.append(Item("work-dir", folder, size_of(folder), label=folder.name))
+    train = lmforge_home() / "train"
+    if train.exists():
+        for folder in sorted(train.iterdir()):
+            key = folder.name.rsplit("-", 1)[-1]
+            if folder.is_dir() and key not in needed_keys:
+                result.delete.append(Item("checkpoint", folder, size_of(folder), label=folder.name))
+    for spill in _dead_ray_spills():
+        result.delete.append(Item("ray-spill", spill, size_of(spill), label=str(spill.parent.name)))
+    return result
+
+
+def _dead_ray_spills() -> list[Path]:
+    import psutil
+
+    root = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray"
+    if not root.exists():
+        return []
+    live = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        for arg in proc.info.get("cmdline") or []:
+            if "session_" in arg and str(root) in arg:
+                live.update(part for part in Path(arg.split("=")[-1]).parts if part.startswith("session_"))
+    latest = root / "session_latest"
+    if latest.is_symlink():
+        live.add(Path(os.readlink(latest)).name)
+    return [spill for session in sorted(root.glob("session_2*")) if session.name not in live
+            for spill in session.glob("ray_spilled_objects*")]
+
+
+def apply(client, result: Plan) -> None:
+    for item in result.delete:
+        if item.path is not None:
+            shutil.rmtree(item.path, ignore_errors=True) if item.path.is_dir() else item.path.unlink(missing_ok=True)
+        if item.kind == "stage-run" and item.run_id:
+            client.set_tag(item.run_id, "lmforge.gc", "artifacts removed by lmforge gc")
+            client.delete_run(item.run_id)

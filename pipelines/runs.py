@@ -1,0 +1,167 @@
+"""Pipeline runs as MLflow recorded them: which exist, what state each stage is in, and
+how two or more of them differ. Read-only; ``lmforge status`` and ``lmforge compare``
+print it, ``lmforge cancel`` and ``lmforge gc`` act on it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Any
+
+from stages.core.errors import ConfigError
+
+KIND = "pipeline"
+
+
+def experiment_ids(client) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def recent_pipeline_runs(client, limit: int = 10) -> list:
+    ids = experiment_ids(client)
+    if not ids:
+        return []
+    return client.search_runs(ids, filter_string=f"tags.`lmforge.kind` = '{KIND}'",
+                              order_by=["attributes.start_time DESC"], max_results=limit)
+
+
+def get_pipeline_run(client, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"no MLflow run {run_id!r} in {client.tracking_uri} (`lmforge status` lists them)") from None
+    if run.data.tags.get("lmforge.kind") != KIND:
+        raise ConfigError(f"run {run_id} is not a pipeline run (it is {run.data.tags.get('lmforge.stage', 'untagged')})")
+    return run
+
+
+def _pairs(tag: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in tag.split(",") if "=" in item)
+
+
+def process_alive(run) -> bool | None:
+    """Whether the process that runs this pipeline is alive (None: it runs on another host)."""
+    tags = run.data.tags
+    if tags.get("lmforge.host") != socket.gethostname() or not tags.get("lmforge.pid"):
+        return None
+    import psutil
+
+    try:
+        return psutil.Process(int(tags["lmforge.pid"])).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def pipeline_state(run) -> str:
+    status = run.info.status
+    if status == "RUNNING" and process_alive(run) is False:
+        return "LOST"  # its process died without closing the run (killed -9, machine reboot)
+    return {"KILLED": "CANCELLED"}.get(status, status)
+
+
+def stage_states(client, run) -> list[dict[str, Any]]:
+    """One row per planned stage: state (done, cached, running, failed, cancelled, pending, not run),
+    its MLflow run and duration."""
+    tags = run.data.tags
+    planned = [s for s in tags.get("lmforge.stages", "").split(",") if s]
+    finished = _pairs(tags.get("lmforge.stage_runs", ""))
+    hits = set(filter(None, tags.get("lmforge.cache_hits", "").split(",")))
+    children = {c.data.tags.get("lmforge.stage"): c for c in client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
+        order_by=["attributes.start_time ASC"], max_results=200)}
+    pipeline = pipeline_state(run)
+    rows = []
+    for name in planned:
+        child = children.get(name)
+        duration = run.data.metrics.get(f"{name}.duration_s")
+        if name in finished:
+            state = "cached" if name in hits else "done"
+            run_id = finished[name]
+        elif child is not None:
+            state = {"RUNNING": "running", "FAILED": "failed", "KILLED": "cancelled"}.get(child.info.status, "done")
+            if state == "running" and pipeline in ("LOST", "CANCELLED", "FAILED"):
+                state = "cancelled" if pipeline == "CANCELLED" else "lost"
+            run_id = child.info.run_id
+            if child.info.end_time:
+                duration = (child.info.end_time - child.info.start_time) / 1000
+        else:
+            state = "pending" if pipeline == "RUNNING" else "not run"
+            run_id = None
+        rows.append({"stage": name, "state": state, "run_id": run_id, "duration_s": duration})
+    return rows
+
+
+def describe(client, run) -> dict[str, Any]:
+    tags = run.data.tags
+    return {
+        "pipeline_run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "experiment": client.get_experiment(run.info.experiment_id).name,
+        "state": pipeline_state(run),
+        "started": run.info.start_time,
+        "duration_s": run.data.metrics.get("pipeline.duration_s"),
+        "prefect_flow_run_id": tags.get("lmforge.prefect_flow_run_id"),
+        "rerun_of": tags.get("lmforge.rerun_of"),
+        "failed_stage": tags.get("lmforge.failed_stage"),
+        "error": tags.get("lmforge.error"),
+        "stages": stage_states(client, run),
+    }
+
+
+# --- comparison -------------------------------------------------------------------------
+# The figures people compare pipelines by; `--all` shows every rolled-up metric.
+KEY_FIGURES = [
+    r"(ingest|dedup|quality)\.(kept|removed|chars_kept|text_mb)", r"tokenize\.(train_tokens|packing_efficiency)",
+    r"pretrain\.(final_val_loss|final_perplexity|mean_tokens_per_s|mean_mfu)",
+    r"align_data\.contamination_rate", r"sft\.(base|sft)\.pass_rate", r"sft\.heldout_loss",
+    r"reward\.(pairwise_accuracy|spearman_reward_vs_checker)",
+    r"(ppo|dpo)\.(ppo|dpo)\.(pass_rate|mean_reward|kl_to_sft)",
+    r"quantize\.(int8|int4|gguf-q8_0)\.(perplexity_delta|pass_rate_delta|size_ratio|latency_ms_per_token_b1)",
+    r"deploy\.(promoted|smoke_chat_latency_s|smoke_stream_s|latency_p\d+_s)", r"[a-z_]+\.duration_s",
+]
+_LOWER = re.compile(r"(loss|perplexity|latency|duration|_s$|kl|bytes|size_ratio|contamination|quarantined|delta)")
+_HIGHER = re.compile(r"(pass_rate|accuracy|reward|tokens_per_s|mfu|auc|f1|efficiency|spearman|promoted)")
+
+
+def is_key_figure(metric: str) -> bool:
+    return any(re.fullmatch(p, metric) for p in KEY_FIGURES)
+
+
+def direction(metric: str) -> str | None:
+    """'min' or 'max' where a smaller or larger value is better; None for counts and settings."""
+    leaf = metric.split(".", 1)[-1]
+    if _HIGHER.search(leaf):
+        return "max"
+    if _LOWER.search(leaf):
+        return "min"
+    return None
+
+
+def compare(client, run_ids: list[str], everything: bool = False) -> dict[str, Any]:
+    if len(run_ids) < 2:
+        raise ConfigError("compare needs at least two pipeline runs")
+    runs = [get_pipeline_run(client, r) for r in run_ids]
+    names = sorted(set().union(*(r.data.metrics for r in runs)))
+    if not everything:
+        names = [n for n in names if is_key_figure(n)]
+    rows = []
+    for name in names:
+        values = [r.data.metrics.get(name) for r in runs]
+        best = None
+        how = direction(name)
+        present = [v for v in values if v is not None]
+        if how and len(present) > 1 and len(set(present)) > 1:
+            target = min(present) if how == "min" else max(present)
+            best = [k for k, v in enumerate(values) if v == target]
+        rows.append({"metric": name, "values": values, "better": how, "best": best})
+    params = [r.data.params for r in runs]
+    keys = sorted(set().union(*params))
+    differing = [{"param": k, "values": [p.get(k) for p in params]} for k in keys
+                 if len({p.get(k) for p in params}) > 1 and not k.startswith("engines.")]
+    return {"runs": [{"pipeline_run_id": r.info.run_id, "name": r.info.run_name} for r in runs],
+            "metrics": rows, "differing_config": differing}

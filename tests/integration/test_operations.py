@@ -1,0 +1,146 @@
+"""Operating pipeline runs on real Prefect, Ray and MLflow (the tiny config, cheap stages):
+compare two runs, rerun one stage from a run, status, cancel a running pipeline and
+resume it, and gc. The runs share one throw-away LMFORGE_HOME, in file order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import DATA_DIR, LMFORGE, REPO, TINY, last_json, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory, prefect_server):
+    home = tmp_path_factory.mktemp("ops-home")
+    env = {"LMFORGE_HOME": str(home), "LMFORGE_DATA_DIR": str(DATA_DIR), "MLFLOW_TRACKING_URI": "",
+           "PREFECT_API_URL": ""}
+    base = ["--config", str(TINY), "--set", f"engines.prefect.port={prefect_server['port']}"]
+    a = last_json(run_cli(["run", *base, "--until", "dedup"], env=env).stdout)
+    b = last_json(run_cli(["run", *base, "--until", "dedup", "--set", "dedup.threshold=0.85"], env=env).stdout)
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    return {"home": home, "env": env, "base": base, "a": a, "b": b, "client": client, "prefect": prefect_server}
+
+
+def experiment(client) -> str:
+    return client.get_experiment_by_name("tiny").experiment_id
+
+
+def ray_descendants(pid: int) -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "ray" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
+
+
+def cli(ops, args: list[str], **kw) -> dict:
+    return last_json(run_cli(args, env=ops["env"], **kw).stdout)
+
+
+def test_runs_roll_up_their_stage_figures_and_compare(ops):
+    a, b, client = ops["a"], ops["b"], ops["client"]
+    assert b["cache_hits"] == ["ingest"] and b["stages"]["ingest"] == a["stages"]["ingest"]
+    parent = client.get_run(a["pipeline_run_id"])
+    assert parent.data.metrics["dedup.kept"] > 0 and "dedup.duration_s" in parent.data.metrics
+    assert "pipeline_config.yaml" in {f.path for f in client.list_artifacts(a["pipeline_run_id"])}
+    inputs = {d.dataset.name: d.dataset for d in client.get_run(a["stages"]["dedup"]).inputs.dataset_inputs}
+    assert json.loads(inputs["docs"].source) == {"run_id": a["stages"]["ingest"]}  # dataset lineage in MLflow
+
+    result = cli(ops, ["compare", a["pipeline_run_id"], b["pipeline_run_id"]])
+    rows = {r["metric"]: r for r in result["metrics"]}
+    kept = rows["dedup.kept"]["values"]
+    assert kept[0] < kept[1]  # a looser threshold (0.85) merges fewer near duplicates
+    assert rows["ingest.kept"]["values"][0] == rows["ingest.kept"]["values"][1]  # the same reused run
+    assert rows["dedup.duration_s"]["better"] == "min" and rows["dedup.duration_s"]["best"]
+    assert [d for d in result["differing_config"] if d["param"] == "dedup.threshold"][0]["values"] == ["0.6", "0.85"]
+
+
+def test_rerun_one_stage_reuses_upstream_and_links_the_old_run(ops):
+    a, client = ops["a"], ops["client"]
+    rerun = cli(ops, ["rerun", "dedup", "--from", a["pipeline_run_id"], "--only"])
+    assert list(rerun["stages"]) == ["ingest", "dedup"] and rerun["cache_hits"] == ["ingest"]
+    assert rerun["stages"]["dedup"] != a["stages"]["dedup"]  # run again although its cache key matched
+    assert rerun["rerun_of"] == a["pipeline_run_id"]
+    tags = client.get_run(rerun["pipeline_run_id"]).data.tags
+    assert tags["lmforge.rerun_of"] == a["pipeline_run_id"] and tags["lmforge.forced"] == "dedup"
+    old = client.get_run(a["stages"]["dedup"]).data
+    new = client.get_run(rerun["stages"]["dedup"]).data
+    assert new.tags["lmforge.cache_key"] == old.tags["lmforge.cache_key"]
+    assert new.metrics["count.kept"] == old.metrics["count.kept"]  # deterministic: the same result again
+
+    bad = run_cli(["rerun", "pretrain", "--from", a["pipeline_run_id"]], env=ops["env"], check=False)
+    assert bad.returncode == 2 and "not a stage of pipeline run" in bad.stderr
+    bad = run_cli(["rerun", "dedup", "--from", a["stages"]["dedup"]], env=ops["env"], check=False)
+    assert bad.returncode == 2 and "is not a pipeline run" in bad.stderr
+
+    status = cli(ops, ["status", rerun["pipeline_run_id"]])["pipeline_runs"][0]
+    assert status["state"] == "FINISHED" and status["rerun_of"] == a["pipeline_run_id"]
+    assert [(s["stage"], s["state"]) for s in status["stages"]] == [("ingest", "cached"), ("dedup", "done")]
+
+
+def test_cancel_a_running_pipeline_then_resume_it(ops):
+    client = ops["client"]
+    proc = subprocess.Popen([LMFORGE, "run", *ops["base"], "--until", "tokenize"], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**__import__("os").environ, **ops["env"]})
+    try:
+        running, ray_procs, deadline = None, [], time.time() + 300
+        while not (running and ray_procs) and time.time() < deadline:  # ingest and dedup are cached
+            time.sleep(0.5)
+            running = next((r for r in client.search_runs([experiment(client)], "attributes.status = 'RUNNING'")
+                            if r.data.tags.get("lmforge.stage") in ("quality", "tokenize")), None)
+            ray_procs = ray_descendants(proc.pid)  # the run's own local Ray
+        assert running is not None and ray_procs, "no stage started running on Ray"
+        pipeline_id = running.data.tags["mlflow.parentRunId"]
+
+        result = cli(ops, ["cancel", pipeline_id])
+        assert result["cancelled"] and result["state"] == "CANCELLED" and result["prefect_state"] == "CANCELLED"
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(3)
+    assert not [p for p in ray_procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    stage = running.data.tags["lmforge.stage"]
+    assert client.get_run(running.info.run_id).info.status == "KILLED"
+    states = {s["stage"]: s["state"] for s in cli(ops, ["status", pipeline_id])["pipeline_runs"][0]["stages"]}
+    assert states[stage] == "cancelled" and states["ingest"] == "cached"
+    assert not (ops["home"] / "work" / pipeline_id / stage).exists()  # nothing half-written kept
+
+    resumed = cli(ops, ["resume", pipeline_id])
+    assert list(resumed["stages"]) == ["ingest", "dedup", "quality", "tokenize"]
+    assert stage not in resumed["cache_hits"] and {"ingest", "dedup"} <= set(resumed["cache_hits"])
+    assert client.get_run(resumed["pipeline_run_id"]).info.status == "FINISHED"
+
+
+def test_gc_frees_what_nothing_needs_and_the_cache_recomputes_it(ops):
+    a, client = ops["a"], ops["client"]
+    dry = cli(ops, ["gc", "--keep", "1", "--dry-run"])
+    assert dry["would_free_bytes"] > 0 and dry["freed_bytes"] == 0
+    old_dedup = a["stages"]["dedup"]
+    old_path = Path(client.get_run(old_dedup).info.artifact_uri.removeprefix("file://"))
+    assert old_path.exists()
+    done = cli(ops, ["gc", "--keep", "1"])
+    assert done["freed_bytes"] == dry["would_free_bytes"] and old_dedup in done["removed_runs"]
+    assert not old_path.exists() and client.get_run(old_dedup).info.lifecycle_stage == "deleted"
+    latest = client.search_runs([experiment(client)], filter_string="tags.`lmforge.kind` = 'pipeline'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    for run_id in [p.split("=")[1] for p in latest.data.tags["lmforge.stage_runs"].split(",")]:
+        assert run_id not in done["removed_runs"]  # the most recent pipeline run keeps everything it used
+    # run b's dedup was used by b alone, so it went: asking for it again recomputes it (no dangling cache hit)
+    assert ops["b"]["stages"]["dedup"] in done["removed_runs"]
+    again = cli(ops, ["run", *ops["base"], "--until", "dedup", "--set", "dedup.threshold=0.85"])
+    assert again["cache_hits"] == ["ingest"] and again["stages"]["dedup"] != ops["b"]["stages"]["dedup"]
+    assert cli(ops, ["gc", "--keep", "1", "--dry-run"])["would_free_bytes"] >= 0
