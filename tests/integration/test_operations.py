@@ -144,3 +144,25 @@ def test_gc_frees_what_nothing_needs_and_the_cache_recomputes_it(ops):
     again = cli(ops, ["run", *ops["base"], "--until", "dedup", "--set", "dedup.threshold=0.85"])
     assert again["cache_hits"] == ["ingest"] and again["stages"]["dedup"] != ops["b"]["stages"]["dedup"]
     assert cli(ops, ["gc", "--keep", "1", "--dry-run"])["would_free_bytes"] >= 0
+
+
+def test_mlflow_compare_page_shows_both_pipeline_runs(ops, chromium, tmp_path):
+    """The MLflow UI's compare view of two pipeline runs (headless Chromium): both run names and the
+    config field that differs are on the page."""
+    import urllib.parse
+
+    from tests.conftest import browse, free_port
+
+    a, b, client = ops["a"], ops["b"], ops["client"]
+    port = free_port()
+    ui = cli(ops, ["ui", *ops["base"], "--set", f"engines.mlflow.ui_port={port}"], timeout=300)
+    try:
+        names = [client.get_run(r["pipeline_run_id"]).info.run_name for r in (a, b)]
+        runs = json.dumps([a["pipeline_run_id"], b["pipeline_run_id"]])
+        url = (f"{ui['mlflow']}/#/compare-runs?runs={urllib.parse.quote(runs)}"
+               f"&experiments={urllib.parse.quote(json.dumps([experiment(client)]))}")
+        dom, errors = browse(chromium, url, tmp_path / "profile", screenshot="mlflow-compare.png", budget_ms=30000)
+        assert all(name in dom for name in names), names
+        assert "dedup.threshold" in dom and "0.85" in dom
+    finally:
+        run_cli(["down"], env=ops["env"], check=False)
