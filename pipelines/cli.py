@@ -27,8 +27,10 @@ app = typer.Typer(
         "lmforge: a language model's whole life as one DAG.\n\n"
         "ingest -> dedup -> quality -> tokenize -> pretrain -> align_data -> sft -> reward -> ppo "
         "(or dpo) -> quantize -> deploy, orchestrated by Prefect, executed on Ray, tracked in MLflow.\n\n"
-        "Start with `lmforge run` (the demo config), watch it with `lmforge ui`, stop servers with `lmforge down`; "
-        "`lmforge serve` serves the production model, `lmforge generate` answers one prompt."
+        "Start with `lmforge run` (the demo config), watch it with `lmforge ui` or `lmforge dashboard`, stop servers "
+        "with `lmforge down`. `lmforge status`, `rerun`, `resume`, `cancel`, `compare` and `gc` look after pipeline "
+        "runs; `lmforge schedule` puts the pipeline on a cron schedule; `lmforge serve` serves the production model, "
+        "`lmforge generate` answers one prompt."
     ),
 )
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the pipeline config: merged values or the JSON schema.")
