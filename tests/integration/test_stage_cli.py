@@ -113,9 +113,11 @@ def test_run_bad_config_and_unknown_stage_exit_2(home):
 
 def test_help_explains_every_command():
     top = run_cli(["--help"]).stdout
-    for command in ("run", "stage", "config", "ui", "down"):
+    operations = ["rerun", "resume", "status", "cancel", "compare", "gc", "dashboard", "schedule", "schedules"]
+    for command in ("run", "stage", "config", "ui", "down", "serve", "rollback", "generate", *operations):
         assert command in top
-    for command in (["run"], ["stage"], ["config", "show"], ["config", "schema"], ["ui"], ["down"]):
+    for command in (["run"], ["stage"], ["config", "show"], ["config", "schema"], ["ui"], ["down"],
+                    *[[c] for c in operations]):
         text = run_cli([*command, "--help"]).stdout
         assert "Usage:" in text and len(text) > 200
     assert "--until" in run_cli(["run", "--help"]).stdout
