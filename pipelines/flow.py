@@ -100,6 +100,7 @@ def _summary_markdown(cfg: PipelineConfig, tracker: Tracker, parent: str, result
         f"MLflow parent run [`{parent}`]({ui}/{parent}) (experiment `{tracker.experiment_name}`; "
         "`lmforge ui` starts the MLflow UI)",
     ]
+    lines.append(f"Dashboard: `lmforge dashboard --run {parent}`, then http://127.0.0.1:8050/?run={parent}")
     if plan.rerun_of:
         lines.append(f"Rerun of [`{plan.rerun_of}`]({ui}/{plan.rerun_of}); forced: {', '.join(plan.force) or 'none'}")
     lines += ["", "| stage | MLflow run | cache hit | duration (s) | counts | key figures |",
