@@ -5,16 +5,23 @@ own small server with no network access."""
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 
-def render(data: dict[str, Any]) -> str:
+@lru_cache(maxsize=1)
+def _template() -> str:
+    """The page with plotly.js (4.8 MB) inlined, read once per process: the dashboard server renders per load."""
     from plotly.offline import get_plotlyjs
 
     template = (Path(__file__).parent / "pipeline.html").read_text(encoding="utf-8")
+    return template.replace("/*PLOTLY*/", get_plotlyjs())
+
+
+def render(data: dict[str, Any]) -> str:
     payload = json.dumps(data, default=str).replace("</", "<\\/")  # no early </script>
-    return template.replace("/*PLOTLY*/", get_plotlyjs()).replace("/*DATA*/", payload)
+    return _template().replace("/*DATA*/", payload)
 
 
 def write(data: dict[str, Any], path: Path) -> Path:

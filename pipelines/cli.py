@@ -17,6 +17,7 @@ import typer
 import yaml
 
 from stages.cli import setup_logging, stage_command
+from pipelines.cli_common import fail
 from stages.core.errors import Cancelled, LmforgeError
 
 app = typer.Typer(
@@ -38,11 +39,6 @@ app.add_typer(config_app, name="config")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline YAML (default: pipelines/configs/demo.yaml).")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a field: section.field=value (YAML scalar). Repeatable.")]
-
-
-def _fail(exc: LmforgeError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(exc.exit_code)
 
 
 def _emit(summary: dict[str, Any]) -> None:
@@ -76,7 +72,7 @@ def run(
             _emit(_dry_run(cfg, until))
             return
     except LmforgeError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     _run_and_report(cfg, until, {"config": cfg.model_dump(mode="json"), "until": until,
                                  "config_path": str(config) if config else None})
 
@@ -124,7 +120,7 @@ def _rerun(from_run: str, stage: Optional[str], only: bool, overrides: list[str]
 
         plan = plan_rerun(MlflowClient(default_tracking_uri()), from_run, stage, only, overrides)
     except LmforgeError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     _run_and_report(plan.config, plan.until, {"rerun_from": from_run, "rerun_stage": stage, "only": only,
                                               "overrides": overrides})
 
@@ -148,7 +144,7 @@ def _run_and_report(cfg, until: Optional[str], flow_params: dict[str, Any]) -> N
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(exc.exit_code)
-        raise _fail(exc) from None
+        raise fail(exc) from None
     finally:
         _shutdown_ray()
     _emit(summary)
@@ -269,7 +265,7 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = []) -> None:  # noqa: B
     try:
         cfg = load_config(config, set_)
     except LmforgeError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
 
 
@@ -299,7 +295,7 @@ def ui(
             ensure_mlflow_ui(cfg.engines.mlflow.ui_host, cfg.engines.mlflow.ui_port),
         ]
     except LmforgeError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     for server in servers:
         how = "started" if server.started else "already running"
         typer.echo(f"{server.name}: {server.url} ({how})", err=True)

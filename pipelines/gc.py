@@ -57,7 +57,7 @@ def _aliased_runs(client) -> set[str]:
 
 
 def _stage_runs_of(client, pipeline_run) -> set[str]:
-    used = {p.split("=", 1)[1] for p in pipeline_run.data.tags.get("lmforge.stage_runs", "").split(",") if "=" in p}
+    used = set(runs._pairs(pipeline_run.data.tags.get("lmforge.stage_runs", "")).values())
     children = client.search_runs([pipeline_run.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{pipeline_run.info.run_id}'",
                                   max_results=500)
@@ -68,8 +68,7 @@ def plan(client, keep: int) -> Plan:
     ids = runs.experiment_ids(client)
     if not ids:
         return Plan()
-    pipelines = client.search_runs(ids, filter_string="tags.`lmforge.kind` = 'pipeline'",
-                                   order_by=["attributes.start_time DESC"], max_results=5000)
+    pipelines = runs.recent_pipeline_runs(client, limit=5000)
     running = [p for p in pipelines if runs.pipeline_state(p) == "RUNNING"]
     needed = _aliased_runs(client)
     for pipeline_run in pipelines[:keep] + running:

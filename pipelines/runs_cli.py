@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from pipelines.cli_common import console, fail
 from stages.core.errors import LmforgeError
 
-console = Console(stderr=True)
 STATE_STYLE = {"done": "green", "cached": "cyan", "running": "yellow", "pending": "dim", "failed": "red",
                "cancelled": "magenta", "lost": "red", "not run": "dim"}
 
@@ -29,11 +28,6 @@ def _client():
     from stages.core.tracking import default_tracking_uri
 
     return MlflowClient(default_tracking_uri())
-
-
-def _fail(exc: LmforgeError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(exc.exit_code)
 
 
 def _when(ms: int | None) -> str:
@@ -60,7 +54,7 @@ def status(
     try:
         found = [runs.get_pipeline_run(client, run_id)] if run_id else runs.recent_pipeline_runs(client, limit)
     except LmforgeError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     described = [runs.describe(client, r) for r in found]
     if not described:
         console.print(f"no pipeline runs in {client.tracking_uri} yet (`lmforge run` starts one)")
@@ -94,7 +88,7 @@ def compare(
     try:
         result = runs.compare(_client(), run_ids, all_)
     except LmforgeError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     table = Table(title="figures (* = better)", title_justify="left", show_edge=False)
     table.add_column("metric")
     for r in result["runs"]:
@@ -137,7 +131,7 @@ def cancel(
     try:
         run = runs.get_pipeline_run(client, run_id)
     except LmforgeError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     state = runs.pipeline_state(run)
     if state != "RUNNING":
         console.print(f"pipeline run {run_id} is {state}: nothing to cancel")
@@ -242,7 +236,7 @@ def dashboard(
     try:
         data = collect(client, run, limit)
     except LmforgeError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if out is not None:
         path = write(data, out)
         console.print(f"dashboard of {len(data['runs'])} pipeline run(s) written to {path}")

@@ -16,20 +16,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from pipelines.cli_common import console, fail
 from stages.core.errors import ConfigError, LmforgeError
 from stages.core.paths import repo_root
 
-console = Console(stderr=True)
 DEFAULT_POOL = "lmforge-process"
 PASSED_ENV = ("LMFORGE_HOME", "LMFORGE_DATA_DIR", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")
-
-
-def _fail(exc: LmforgeError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(exc.exit_code)
 
 
 def _connect(config: Optional[Path], overrides: list[str]):
@@ -90,7 +84,7 @@ def schedule(
             except ValidationError as exc:
                 raise ConfigError(f"--cron/--timezone: {exc.errors()[0]['msg']} (e.g. --cron \"0 3 * * *\")") from None
     except LmforgeError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     from prefect.schedules import Cron
 
     from pipelines.flow import pipeline_flow
@@ -134,7 +128,7 @@ def schedules(
     try:
         _connect(config, [])
     except LmforgeError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     listed = []
     with get_client(sync_client=True) as client:
         for deployment in client.read_deployments():

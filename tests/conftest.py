@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -120,18 +121,23 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 TEST_ARTIFACTS = REPO / "test-artifacts"
 
 
+def apt_install(package: str) -> bool:
+    """Install a Debian package when the tests run as root (CI); False when they can't (then the caller skips)."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode == 0:
+        return True
+    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+    return subprocess.run(install, env=env, capture_output=True, timeout=900).returncode == 0
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's chromium: installed by the test run when root (CI), else it must be there already."""
-    import shutil
-
     path = shutil.which("chromium")
-    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            subprocess.run(install, env=env, capture_output=True, timeout=900)
+    if path is None and apt_install("chromium"):
         path = shutil.which("chromium")
     if path is None:
         pytest.skip("needs Debian's chromium for the headless browser check: `apt-get install chromium` "

@@ -14,19 +14,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DATA_DIR, REPO, TINY, free_port, last_json, run_cli
+from tests.conftest import DATA_DIR, REPO, TINY, apt_install, free_port, last_json, run_cli
 
 pytestmark = pytest.mark.integration
 
 
 def _postgres_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postgresql"]
-        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            subprocess.run(install, env=env, capture_output=True, timeout=900)
+    if not found and apt_install("postgresql"):
         found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not found:
         pytest.skip("needs Debian's postgresql (`apt-get install postgresql`); the test installs it itself as root")
