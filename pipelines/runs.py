@@ -120,7 +120,7 @@ KEY_FIGURES = [
     r"pretrain\.(final_val_loss|final_perplexity|mean_tokens_per_s|mean_mfu)",
     r"align_data\.contamination_rate", r"sft\.(base|sft)\.pass_rate", r"sft\.heldout_loss",
     r"reward\.(pairwise_accuracy|spearman_reward_vs_checker)",
-    r"(ppo|dpo)\.(ppo|dpo)\.(pass_rate|mean_reward|kl_to_sft)",
+    r"(ppo|dpo)\.(ppo|dpo)\.(pass_rate|sampled_pass_rate|mean_reward|kl_to_sft)",
     r"quantize\.(int8|int4|gguf-q8_0)\.(perplexity_delta|pass_rate_delta|size_ratio|latency_ms_per_token_b1)",
     r"deploy\.(promoted|smoke_chat_latency_s|smoke_stream_s|latency_p\d+_s)", r"[a-z_]+\.duration_s",
 ]

@@ -56,6 +56,16 @@ def shaped_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: to
     return rewards, kl
 
 
+def leave_one_out(scores: torch.Tensor, group: int) -> torch.Tensor:
+    """Each score minus the mean of the other scores of its group (consecutive rows of ``group``
+    answers to one prompt): an unbiased per-prompt baseline (RLOO)."""
+    if group <= 1:
+        return scores
+    grouped = scores.view(-1, group)
+    others = (grouped.sum(1, keepdim=True) - grouped) / (group - 1)
+    return (grouped - others).reshape(scores.shape)
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation over the response tokens (right-padded mask).

@@ -25,17 +25,20 @@ from stages.ppo.stage import rollout_batch
 
 
 @torch.no_grad()
-def answer_logprob(model, batch: dict[str, np.ndarray]) -> np.ndarray:
+def answer_logprob(model, batch: dict[str, np.ndarray], temperature: float = 1.0) -> np.ndarray:
     """Summed log-prob of each row's answer (the same computation as PPO's actors)."""
     inputs = {"input_ids": torch.from_numpy(batch["input_ids"]),
               "attention_mask": torch.from_numpy(batch["attention_mask"])}
-    return answer_logprobs(model, inputs, torch.from_numpy(batch["action_mask"]), 1.0).sum(1).numpy()
+    return answer_logprobs(model, inputs, torch.from_numpy(batch["action_mask"]), temperature).sum(1).numpy()
 
 
 def evaluate_policy(model_dir: Path, reference, rows: list[dict], ev, seed: int, threads: int,
                     reward=None) -> dict[str, Any]:
-    """Greedy pass rate (and mean reward when a reward model is given); KL to the reference
-    from sampled answers: mean of log pi(y) - log ref(y)."""
+    """As ppo evaluates: greedy pass rate (and mean reward when a reward model is given);
+    on answers sampled at ``ev.temperature`` the sampled pass rate (and reward) and the KL to
+    the reference, mean of log pi(y) - log ref(y)."""
+    from stages.alignment.scoring import score_ids
+
     model, tokenizer = load_policy(model_dir, threads)
     texts = [r["prompt_text"] for r in rows]
     greedy = generate(model, tokenizer, texts, ev.max_new_tokens, ev.batch_size)
@@ -43,18 +46,26 @@ def evaluate_policy(model_dir: Path, reference, rows: list[dict], ev, seed: int,
     figures = pass_rates(rows, verdicts, ev.bootstrap, seed)
     scores = [0.0] * len(rows)
     if reward is not None:
-        from stages.alignment.scoring import score_ids
-
         scores = score_ids(reward, [g.prompt_ids + g.response_ids for g in greedy], tokenizer.pad_token_id).tolist()
         figures["mean_reward"] = float(np.mean(scores))
-    kls = []
-    for k in range(ev.kl_samples):
-        sampled = generate(model, tokenizer, texts, ev.max_new_tokens, ev.batch_size, do_sample=True, seed=seed + 7 + k)
+    kls, sampled_verdicts, sampled_scores = [], [], []
+    for k in range(ev.samples_per_prompt):
+        sampled = generate(model, tokenizer, texts, ev.max_new_tokens, ev.batch_size, do_sample=True,
+                           temperature=ev.temperature, seed=seed + 7 + k)
         batch = rollout_batch(sampled, tokenizer.pad_token_id)
-        kls.append(answer_logprob(model, batch) - answer_logprob(reference, batch))
+        kls.append(answer_logprob(model, batch, ev.temperature) - answer_logprob(reference, batch, ev.temperature))
+        sampled_verdicts.append([verdict(r, g.text) for r, g in zip(rows, sampled)])
+        if reward is not None:
+            sampled_scores.append(score_ids(reward, [g.prompt_ids + g.response_ids for g in sampled],
+                                            tokenizer.pad_token_id))
+    sampled_pass = np.mean(sampled_verdicts, axis=0)
+    figures.update({f"sampled_{k}": v for k, v in pass_rates(rows, sampled_pass.tolist(), ev.bootstrap, seed).items()})
+    if sampled_scores:
+        figures["sampled_mean_reward"] = float(np.mean(sampled_scores))
     figures["kl_to_sft"] = float(np.mean(kls))
     figures["response_length"] = float(np.mean([len(g.response_ids) for g in greedy]))
-    return {"answers": [g.text for g in greedy], "verdicts": verdicts, "scores": scores, "figures": figures}
+    return {"answers": [g.text for g in greedy], "verdicts": verdicts, "scores": scores,
+            "sampled_pass": sampled_pass.tolist(), "figures": figures}
 
 
 class DPOStage(Stage):
@@ -87,6 +98,10 @@ class DPOStage(Stage):
         metrics.update({f"dpo_minus_sft.pass_rate.{k}": v for k, v in gain.items()})
         metrics.update({f"dpo_minus_sft.{k}": v for k, v in family_gains(
             rows, after["verdicts"], before["verdicts"], cfg.eval.bootstrap, ctx.seed).items()})
+        sampled_gain = paired_difference(after["sampled_pass"], before["sampled_pass"], cfg.eval.bootstrap, ctx.seed)
+        metrics.update({f"dpo_minus_sft.sampled_pass_rate.{k}": v for k, v in sampled_gain.items()})
+        metrics.update({f"dpo_minus_sft.sampled_{k}": v for k, v in family_gains(
+            rows, after["sampled_pass"], before["sampled_pass"], cfg.eval.bootstrap, ctx.seed).items()})
         evals = [h for h in history if "heldout_accuracy" in h]
         if evals:
             metrics["heldout_pair_accuracy"] = evals[-1]["heldout_accuracy"]
@@ -99,7 +114,7 @@ class DPOStage(Stage):
                      gain["ci_low"], gain["ci_high"], after["figures"]["kl_to_sft"])
         return StageResult(counts={"heldout_prompts": len(rows), "steps": max((h["step"] for h in history), default=0)},
                            metrics=metrics, details={"before": before["figures"], "after": after["figures"],
-                                                     "pass_gain": gain},
+                                                     "pass_gain": gain, "sampled_pass_gain": sampled_gain},
                            outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "samples": SAMPLES,
                                     "heldout_eval": EVAL_FILE})
 

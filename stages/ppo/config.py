@@ -13,7 +13,15 @@ from stages.core.contract import StageConfig
 
 
 class RolloutConfig(StrictModel):
-    batch_size: int = Field(32, ge=1, description="Prompts per PPO step (one answer each).")
+    batch_size: int = Field(32, ge=1, description="Prompts per PPO step.")
+    samples_per_prompt: int = Field(1, ge=1, description="Answers sampled per prompt; with more than one, each "
+                                                         "answer's score is taken relative to the others' "
+                                                         "(see leave_one_out_baseline).")
+    leave_one_out_baseline: bool = Field(True, description="With samples_per_prompt > 1, subtract the mean score of "
+                                                           "the prompt's other answers from each answer's score "
+                                                           "(RLOO, Ahmadian et al. 2024) before the KL shaping: "
+                                                           "the update then ranks answers to the same prompt "
+                                                           "instead of chasing prompts that score high anyway.")
     max_new_tokens: int = Field(24, ge=1, description="Response length limit; an answer without <|end|> is cut here.")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -37,7 +45,13 @@ class ActorResources(StrictModel):
 
 
 class PPOEvalConfig(GenerationConfig):
-    kl_samples: int = Field(1, ge=1, description="Sampled answers per held-out prompt for the KL-to-SFT estimate.")
+    """Greedy answers give the pass rate and mean reward; sampled answers (what a user who
+    samples gets, and what PPO optimizes) give the sampled pass rate and reward, and the KL to SFT."""
+
+    samples_per_prompt: int = Field(2, ge=1, description="Answers sampled per held-out prompt (sampled pass rate, "
+                                                         "sampled reward, KL to SFT).")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of those answers (PPO: set it to the "
+                                                      "rollout temperature to measure what PPO optimized).")
 
 
 class PPOConfig(StageConfig):
@@ -56,6 +70,13 @@ class PPOConfig(StageConfig):
     lam: float = Field(0.95, ge=0, le=1)
     whiten_advantages: bool = Field(True)
     kl: KLConfig = Field(default_factory=KLConfig)
+    anchor_coef: float = Field(0.0, ge=0, description="Weight of KL(SFT || policy) on teacher-forced SFT examples of "
+                                                      "the families PPO does not train on (all but ppo.families, QA "
+                                                      "included), added to the policy loss. PPO's updates move shared "
+                                                      "weights and so the other families' answers; this holds those "
+                                                      "where SFT had them without training anything new (InstructGPT's "
+                                                      "PPO-ptx guards pretraining skills the same way with an LM loss).")
+    anchor_batch_size: int = Field(32, ge=1, description="Anchor examples per policy mini-batch.")
     critic_init: Literal["reward", "sft"] = Field("reward", description="Critic backbone and head: the reward model, "
                                                                         "or SFT with a fresh value head.")
     actors: ActorResources = Field(default_factory=ActorResources)

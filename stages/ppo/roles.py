@@ -64,33 +64,59 @@ class PolicyRole:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, foreach=False)
         self.grad_clip = grad_clip
         self.temperature = temperature
+        self.frozen = None  # the starting weights, for the anchor term (see train_step)
 
     def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int, do_sample: bool, top_p: float,
-                 seed: int) -> list:
+                 seed: int, temperature: float | None = None) -> list:
         from stages.alignment.generate import generate
 
         self.model.eval()
         return generate(self.model, self.tokenizer, prompts, max_new_tokens, batch_size, do_sample=do_sample,
-                        temperature=self.temperature, top_p=top_p, seed=seed)
+                        temperature=temperature or self.temperature, top_p=top_p, seed=seed)
 
     @torch.no_grad()
-    def logprobs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def logprobs(self, batch: dict[str, np.ndarray], temperature: float | None = None) -> np.ndarray:
         self.model.eval()
-        return answer_logprobs(self.model, _inputs(batch), _t(batch["action_mask"]), self.temperature).numpy()
+        return answer_logprobs(self.model, _inputs(batch), _t(batch["action_mask"]),
+                               temperature or self.temperature).numpy()
 
-    def train_step(self, batch: dict[str, np.ndarray], clip: float) -> dict[str, float]:
+    def train_step(self, batch: dict[str, np.ndarray], clip: float, anchor: dict[str, np.ndarray] | None = None,
+                   anchor_coef: float = 0.0) -> dict[str, float]:
         self.model.train()
         inputs = _inputs(batch)
         mask = _t(batch["action_mask"])
         logprobs, entropy = answer_logprobs(self.model, inputs, mask, self.temperature, with_entropy=True)
         loss, clip_frac, approx_kl = policy_loss(logprobs, _t(batch["old_logprobs"]),
                                                  _t(batch["advantages"]), mask, clip)
+        out = {"policy_loss": float(loss.detach()), "ppo_clip_ratio": float(clip_frac), "ppo_kl": float(approx_kl),
+               "entropy": float(entropy)}
+        if anchor is not None and anchor_coef > 0:
+            anchor_kl = self._anchor_kl(anchor)
+            loss = loss + anchor_coef * anchor_kl
+            out["anchor_kl"] = float(anchor_kl.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+        out["policy_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                       self.grad_clip or float("inf")))
         self.optimizer.step()
-        return {"policy_loss": float(loss.detach()), "ppo_clip_ratio": float(clip_frac), "ppo_kl": float(approx_kl),
-                "entropy": float(entropy), "policy_grad_norm": float(grad_norm)}
+        return out
+
+    def _anchor_kl(self, anchor: dict[str, np.ndarray]) -> torch.Tensor:
+        """KL(starting model || policy) per answer token of teacher-forced SFT examples, over the
+        whole vocabulary. The starting weights stay in this actor (a frozen copy, the model's
+        size) rather than in the reference actor: shipping full-vocabulary distributions
+        between actors every mini-batch would cost more than the copy."""
+        import copy
+
+        import torch.nn.functional as F
+
+        if self.frozen is None:
+            self.frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
+        inputs, mask = _inputs(anchor), _t(anchor["action_mask"])
+        logits = answer_logits(self.model, inputs, mask)
+        with torch.no_grad():
+            target = torch.log_softmax(answer_logits(self.frozen, inputs, mask), dim=-1)
+        return F.kl_div(torch.log_softmax(logits, dim=-1), target, log_target=True, reduction="batchmean")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -107,8 +133,9 @@ class ReferenceRole:
         self.temperature = temperature
 
     @torch.no_grad()
-    def logprobs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return answer_logprobs(self.model, _inputs(batch), _t(batch["action_mask"]), self.temperature).numpy()
+    def logprobs(self, batch: dict[str, np.ndarray], temperature: float | None = None) -> np.ndarray:
+        return answer_logprobs(self.model, _inputs(batch), _t(batch["action_mask"]),
+                               temperature or self.temperature).numpy()
 
 
 class RewardRole:

@@ -22,7 +22,8 @@ from stages.alignment import launch
 from stages.alignment.data import read_rows
 from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gains, paired_difference, pass_rates, verdict,
                                        write_heldout)
-from stages.alignment.objectives import gae, masked_mean, masked_whiten, shaped_rewards
+from stages.alignment.generate import Generation
+from stages.alignment.objectives import gae, leave_one_out, masked_mean, masked_whiten, shaped_rewards
 from stages.alignment.trainer import MODEL_DIR, copy_tokenizer_files
 from stages.core.contract import Stage, StageContext, StageResult
 from stages.core.errors import StageError
@@ -79,7 +80,9 @@ class PPOStage(Stage):
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
         from transformers import AutoTokenizer
 
-        pad_id = AutoTokenizer.from_pretrained(sft_dir).pad_token_id
+        tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+        pad_id = tokenizer.pad_token_id
+        anchors = self._anchors(ctx, cfg, tokenizer)
         a, r = cfg.actors, cfg.rollout
         policy = ray.remote(PolicyRole).options(num_cpus=a.policy).remote(
             sft_dir, a.policy, cfg.policy_lr, cfg.grad_clip, r.temperature, ctx.seed)
@@ -89,7 +92,7 @@ class PPOStage(Stage):
         reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(rm_dir, a.reward)
         try:
             before = self._evaluate(policy, reference, reward, heldout, cfg, pad_id, ctx.seed)
-            history = self._train(ctx, cfg, prompts, policy, critic, reference, reward, pad_id)
+            history = self._train(ctx, cfg, prompts, anchors, policy, critic, reference, reward, pad_id)
             after = self._evaluate(policy, reference, reward, heldout, cfg, pad_id, ctx.seed)
             state = ray.get(policy.state_dict.remote())
         finally:
@@ -98,7 +101,17 @@ class PPOStage(Stage):
         self._save(sft_dir, state, ctx.output_dir / MODEL_DIR)
         return self._result(ctx, cfg, heldout, before, after, history)
 
-    def _train(self, ctx, cfg: PPOConfig, prompts, policy, critic, reference, reward, pad_id) -> list[dict]:
+    @staticmethod
+    def _anchors(ctx, cfg: PPOConfig, tokenizer) -> list[Generation]:
+        """SFT examples of the families PPO does not train on, as (prompt, answer) token ids."""
+        if not cfg.anchor_coef or cfg.families is None:
+            return []
+        rows = [r for r in read_rows(ctx.inputs["prompts"].path) if r["family"] not in cfg.families]
+        prompts = tokenizer([r["prompt_text"] for r in rows], add_special_tokens=False)["input_ids"]
+        answers = tokenizer([r["response_text"] for r in rows], add_special_tokens=False)["input_ids"]
+        return [Generation(p, a, r["response_text"], True) for p, a, r in zip(prompts, answers, rows)]
+
+    def _train(self, ctx, cfg: PPOConfig, prompts, anchors, policy, critic, reference, reward, pad_id) -> list[dict]:
         import ray
 
         rng = np.random.default_rng(ctx.seed)
@@ -107,8 +120,9 @@ class PPOStage(Stage):
         r = cfg.rollout
         for step in range(1, cfg.steps + 1):
             t0 = time.time()
-            rows = [prompts[i] for i in rng.choice(len(prompts), size=r.batch_size, replace=False)]
-            gens = ray.get(policy.generate.remote([p["prompt_text"] for p in rows], r.max_new_tokens, r.batch_size,
+            asked = [prompts[i] for i in rng.choice(len(prompts), size=r.batch_size, replace=False)]
+            rows = [row for row in asked for _ in range(r.samples_per_prompt)]  # a prompt's answers side by side
+            gens = ray.get(policy.generate.remote([p["prompt_text"] for p in rows], r.max_new_tokens, len(rows),
                                                   True, r.top_p, ctx.seed * 100_003 + step))
             batch = rollout_batch(gens, pad_id)
             t1 = time.time()
@@ -118,8 +132,11 @@ class PPOStage(Stage):
             t2 = time.time()
             stopped = np.array([g.stopped for g in gens])
             scores = scores - r.missing_eos_penalty * (~stopped)
+            relative = torch.from_numpy(scores).float()
+            if r.leave_one_out_baseline:
+                relative = leave_one_out(relative, r.samples_per_prompt)
             mask = torch.from_numpy(batch["action_mask"])
-            rewards, kl = shaped_rewards(torch.from_numpy(scores).float(), torch.from_numpy(old_lp),
+            rewards, kl = shaped_rewards(relative, torch.from_numpy(old_lp),
                                          torch.from_numpy(ref_lp), mask, kl_ctl.coef)
             advantages, returns = gae(rewards, torch.from_numpy(values), mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
@@ -128,15 +145,20 @@ class PPOStage(Stage):
                          returns=returns.numpy().astype(np.float32))
             updates = []
             for _ in range(cfg.ppo_epochs):
-                order = rng.permutation(r.batch_size)
-                for start in range(0, r.batch_size, cfg.mini_batch_size):
+                order = rng.permutation(len(rows))
+                for start in range(0, len(rows), cfg.mini_batch_size):
                     idx = order[start:start + cfg.mini_batch_size]
                     mb = self._slice(batch, idx)
-                    p, c = ray.get([policy.train_step.remote(mb, cfg.clip_ratio), critic.train_step.remote(mb, cfg.value_clip)])
+                    anchor = None
+                    if anchors:
+                        picked = rng.choice(len(anchors), size=min(cfg.anchor_batch_size, len(anchors)), replace=False)
+                        anchor = rollout_batch([anchors[i] for i in picked], pad_id)
+                    p, c = ray.get([policy.train_step.remote(mb, cfg.clip_ratio, anchor, cfg.anchor_coef),
+                                    critic.train_step.remote(mb, cfg.value_clip)])
                     updates.append({**p, **c})
             t3 = time.time()
             kl_per_answer = float(kl.sum(1).mean())
-            kl_ctl.update(kl_per_answer, r.batch_size)
+            kl_ctl.update(kl_per_answer, len(rows))
             passed = [verdict(row, g.text) for row, g in zip(rows, gens)]
             first = mask.argmax(1)
             metrics = {
@@ -171,7 +193,8 @@ class PPOStage(Stage):
 
     @staticmethod
     def _evaluate(policy, reference, reward, rows, cfg: PPOConfig, pad_id: int, seed: int) -> dict[str, Any]:
-        """Greedy answers: pass rate and mean reward; sampled answers: KL(policy || SFT) per answer."""
+        """Greedy answers: pass rate and mean reward; sampled answers (``eval.samples_per_prompt``
+        at ``eval.temperature``): the same two figures per prompt, and KL(policy || SFT) per answer."""
         import ray
 
         ev = cfg.eval
@@ -180,17 +203,24 @@ class PPOStage(Stage):
         batch = rollout_batch(greedy, pad_id)
         scores = ray.get(reward.score.remote(batch))
         verdicts = [verdict(row, g.text) for row, g in zip(rows, greedy)]
-        kls = []
-        for k in range(ev.kl_samples):
+        kls, sampled_verdicts, sampled_scores = [], [], []
+        for k in range(ev.samples_per_prompt):
             sampled = ray.get(policy.generate.remote(texts, ev.max_new_tokens, ev.batch_size, True,
-                                                     cfg.rollout.top_p, seed + 7 + k))
+                                                     cfg.rollout.top_p, seed + 7 + k, ev.temperature))
             sb = rollout_batch(sampled, pad_id)
-            lp, ref = ray.get([policy.logprobs.remote(sb), reference.logprobs.remote(sb)])
+            lp, ref, score = ray.get([policy.logprobs.remote(sb, ev.temperature),
+                                      reference.logprobs.remote(sb, ev.temperature), reward.score.remote(sb)])
             kls.append(((lp - ref) * sb["action_mask"]).sum(1))
+            sampled_verdicts.append([verdict(row, g.text) for row, g in zip(rows, sampled)])
+            sampled_scores.append(score)
+        sampled_pass = np.mean(sampled_verdicts, axis=0)  # per prompt: the share of its samples that pass
         figures = pass_rates(rows, verdicts, ev.bootstrap, seed)
-        figures.update(mean_reward=float(scores.mean()), kl_to_sft=float(np.mean(kls)),
-                       response_length=float(batch["action_mask"].sum(1).mean()))
+        figures.update({f"sampled_{k}": v for k, v in pass_rates(rows, sampled_pass.tolist(), ev.bootstrap,
+                                                                  seed).items()})
+        figures.update(mean_reward=float(scores.mean()), sampled_mean_reward=float(np.mean(sampled_scores)),
+                       kl_to_sft=float(np.mean(kls)), response_length=float(batch["action_mask"].sum(1).mean()))
         return {"answers": [g.text for g in greedy], "verdicts": verdicts, "scores": scores.tolist(),
+                "sampled_pass": sampled_pass.tolist(), "sampled_scores": np.mean(sampled_scores, axis=0).tolist(),
                 "figures": figures}
 
     @staticmethod
@@ -215,6 +245,13 @@ class PPOStage(Stage):
         by_family = family_gains(rows, after["verdicts"], before["verdicts"], ev.bootstrap, ctx.seed)
         metrics.update({f"ppo_minus_sft.{k}": v for k, v in by_family.items()})
         metrics.update({f"ppo_minus_sft.reward.{k}": v for k, v in reward_gain.items()})
+        sampled_gain = paired_difference(after["sampled_pass"], before["sampled_pass"], ev.bootstrap, ctx.seed)
+        metrics.update({f"ppo_minus_sft.sampled_pass_rate.{k}": v for k, v in sampled_gain.items()})
+        sampled_by_family = family_gains(rows, after["sampled_pass"], before["sampled_pass"], ev.bootstrap, ctx.seed)
+        metrics.update({f"ppo_minus_sft.sampled_{k}": v for k, v in sampled_by_family.items()})
+        sampled_reward_gain = paired_difference(after["sampled_scores"], before["sampled_scores"], ev.bootstrap,
+                                                ctx.seed)
+        metrics.update({f"ppo_minus_sft.sampled_reward.{k}": v for k, v in sampled_reward_gain.items()})
         timing = {k: float(np.mean([h[k] for h in history])) for k in ("time_generation_s", "time_scoring_s",
                                                                        "time_training_s")}
         metrics.update({f"mean_{k}": v for k, v in timing.items()})
@@ -223,16 +260,20 @@ class PPOStage(Stage):
         verdicts = {"sft": before["verdicts"], "ppo": after["verdicts"]}
         write_heldout(out, rows, answers, verdicts, ev.samples_logged,
                       rewards={"sft": before["scores"], "ppo": after["scores"]})
-        ctx.log.info("ppo: held-out pass rate %.3f -> %.3f (gain %.3f, 95%% CI %.3f..%.3f); reward %.3f -> %.3f "
-                     "(gain CI %.3f..%.3f); KL to SFT %.3f", before["figures"].get("pass_rate", 0),
-                     after["figures"].get("pass_rate", 0), pass_gain["mean"], pass_gain["ci_low"], pass_gain["ci_high"],
-                     before["figures"]["mean_reward"], after["figures"]["mean_reward"], reward_gain["ci_low"],
-                     reward_gain["ci_high"], after["figures"]["kl_to_sft"])
+        ctx.log.info("ppo: held-out pass rate %.3f -> %.3f greedy (gain %.3f, 95%% CI %.3f..%.3f), %.3f -> %.3f sampled "
+                     "(gain %.3f, CI %.3f..%.3f); reward %.3f -> %.3f (gain CI %.3f..%.3f); KL to SFT %.3f",
+                     before["figures"].get("pass_rate", 0), after["figures"].get("pass_rate", 0), pass_gain["mean"],
+                     pass_gain["ci_low"], pass_gain["ci_high"], before["figures"].get("sampled_pass_rate", 0),
+                     after["figures"].get("sampled_pass_rate", 0), sampled_gain["mean"], sampled_gain["ci_low"],
+                     sampled_gain["ci_high"], before["figures"]["mean_reward"], after["figures"]["mean_reward"],
+                     reward_gain["ci_low"], reward_gain["ci_high"], after["figures"]["kl_to_sft"])
         return StageResult(counts={"steps": cfg.steps, "heldout_prompts": len(rows),
-                                   "rollout_answers": cfg.steps * cfg.rollout.batch_size},
+                                   "rollout_answers": cfg.steps * cfg.rollout.batch_size * cfg.rollout.samples_per_prompt},
                            metrics=metrics, details={"before": before["figures"], "after": after["figures"],
                                                      "pass_gain": pass_gain, "reward_gain": reward_gain,
                                                      "pass_gain_by_family": by_family,
+                                                     "sampled_pass_gain": sampled_gain,
+                                                     "sampled_pass_gain_by_family": sampled_by_family,
                                                      "time_split_s": timing},
                            outputs={"model": f"{MODEL_DIR}/", "history": HISTORY, "samples": SAMPLES,
                                     "heldout_eval": EVAL_FILE})

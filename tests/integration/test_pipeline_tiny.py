@@ -67,8 +67,8 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
     assert dpo["stages"]["sft"] == summary["stages"]["sft"]
     run = client.get_run(dpo["stages"]["dpo"])
     assert run.data.tags["mlflow.parentRunId"] == dpo["pipeline_run_id"]
-    assert {"heldout_pair_accuracy", "sft.pass_rate", "dpo.pass_rate", "dpo.kl_to_sft",
-            "dpo_minus_sft.pass_rate.ci_low"} <= set(run.data.metrics)
+    assert {"heldout_pair_accuracy", "sft.pass_rate", "dpo.pass_rate", "dpo.kl_to_sft", "dpo.sampled_pass_rate",
+            "dpo_minus_sft.pass_rate.ci_low", "dpo_minus_sft.sampled_pass_rate.ci_low"} <= set(run.data.metrics)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")][-1] == 6
     assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-dpo").run_id == run.info.run_id
     manifest = json.loads(Path(client.download_artifacts(run.info.run_id, "manifest.json", str(tmp_path / "dpo"))).read_text())
@@ -214,7 +214,8 @@ def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> Non
     assert names <= set(ppo.data.metrics)
     assert [m.step for m in client.get_metric_history(ppo.info.run_id, "reward")] == [1, 2, 3]
     assert {"sft.pass_rate", "ppo.pass_rate", "sft.mean_reward", "ppo.mean_reward", "ppo.kl_to_sft",
-            "ppo_minus_sft.reward.ci_low"} <= set(ppo.data.metrics)
+            "ppo_minus_sft.reward.ci_low", "sft.sampled_pass_rate", "ppo.sampled_pass_rate",
+            "ppo_minus_sft.sampled_pass_rate.ci_low", "ppo.sampled_mean_reward"} <= set(ppo.data.metrics)
     assert abs(ppo.data.metrics["sft.kl_to_sft"]) < 1e-3  # before any update the policy is the reference
     assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-ppo").run_id == ppo.info.run_id
     manifest = json.loads(Path(client.download_artifacts(runs["ppo"], "manifest.json", str(tmp_path / "ppo"))).read_text())

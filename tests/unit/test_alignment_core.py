@@ -12,8 +12,8 @@ import torch
 
 from stages.alignment import data
 from stages.alignment.evaluate import bootstrap_ci, family_gains, pass_rates, paired_difference
-from stages.alignment.objectives import (bradley_terry_loss, dpo_loss, gae, policy_loss, sequence_logprob,
-                                         shaped_rewards, token_logprobs, value_loss)
+from stages.alignment.objectives import (bradley_terry_loss, dpo_loss, gae, leave_one_out, policy_loss,
+                                         sequence_logprob, shaped_rewards, token_logprobs, value_loss)
 
 
 class FakeTokenizer:
@@ -90,6 +90,15 @@ def test_gae_matches_a_hand_computation():
     a1 = d1 + gamma * lam * a2
     assert adv[0].tolist() == pytest.approx([0.0, a1, a2, a3, 0.0])
     assert ret[0].tolist() == pytest.approx([0.0, a1 + 0.5, a2 + 1.0, a3 + 1.5, 0.0])
+
+
+def test_leave_one_out_ranks_answers_within_their_prompt():
+    # two prompts x three answers: the second prompt scores high for every answer
+    scores = torch.tensor([1.0, 2.0, 3.0, 11.0, 11.0, 14.0])
+    out = leave_one_out(scores, 3)
+    assert out.tolist() == pytest.approx([1 - 2.5, 2 - 2.0, 3 - 1.5, 11 - 12.5, 11 - 12.5, 14 - 11.0])
+    assert out[3] < 0 < out[5]  # a prompt's high level cancels: only the answers' order counts
+    assert leave_one_out(scores, 1).tolist() == scores.tolist()
 
 
 def test_policy_loss_clips_large_ratios():
