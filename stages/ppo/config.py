@@ -76,7 +76,7 @@ class PPOConfig(StageConfig):
                                                       "weights and so the other families' answers; this holds those "
                                                       "where SFT had them without training anything new (InstructGPT's "
                                                       "PPO-ptx guards pretraining skills the same way with an LM loss).")
-    anchor_batch_size: int = Field(32, ge=1, description="Anchor examples per policy mini-batch.")
+    anchor_batch_size: int = Field(16, ge=1, description="Anchor examples per policy mini-batch.")
     critic_init: Literal["reward", "sft"] = Field("reward", description="Critic backbone and head: the reward model, "
                                                                         "or SFT with a fresh value head.")
     actors: ActorResources = Field(default_factory=ActorResources)

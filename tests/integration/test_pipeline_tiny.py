@@ -210,13 +210,14 @@ def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> Non
 
     ppo = client.get_run(runs["ppo"])
     names = {"reward", "kl", "entropy", "policy_loss", "critic_loss", "ppo_clip_ratio", "ppo_kl", "response_length",
-             "return", "time_generation_s", "time_scoring_s", "time_training_s"}
+             "return", "time_generation_s", "time_scoring_s", "time_training_s", "anchor_kl"}
     assert names <= set(ppo.data.metrics)
     assert [m.step for m in client.get_metric_history(ppo.info.run_id, "reward")] == [1, 2, 3]
     assert {"sft.pass_rate", "ppo.pass_rate", "sft.mean_reward", "ppo.mean_reward", "ppo.kl_to_sft",
             "ppo_minus_sft.reward.ci_low", "sft.sampled_pass_rate", "ppo.sampled_pass_rate",
             "ppo_minus_sft.sampled_pass_rate.ci_low", "ppo.sampled_mean_reward"} <= set(ppo.data.metrics)
     assert abs(ppo.data.metrics["sft.kl_to_sft"]) < 1e-3  # before any update the policy is the reference
+    assert ppo.data.metrics["count.rollout_answers"] == 3 * 4 * 2  # steps x prompts x answers per prompt
     assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-ppo").run_id == ppo.info.run_id
     manifest = json.loads(Path(client.download_artifacts(runs["ppo"], "manifest.json", str(tmp_path / "ppo"))).read_text())
     assert manifest["inputs"]["model"]["run_id"] == runs["sft"]
