@@ -1,8 +1,10 @@
 """Is the reward model a better judge than the policy it trains? For each label family
 (language, question_type) score every label as the answer to each held-out prompt and
 take the reward model's argmax; compare with the policy's greedy answers on the same
-prompts. PPO's KL-regularised optimum is close to the reward model's argmax, so this
-bounds what PPO can gain on those families.
+prompts. Then the greedy answer of PPO's KL-regularised optimum for each KL coefficient
+beta, pi*(y|x) proportional to pi_SFT(y|x) exp(r(x,y)/beta), over the same closed label
+set: what a PPO run that reached its optimum would answer, i.e. the bound on its greedy
+gain on those families (small beta: the reward model's argmax; large: the policy's).
 
     .venv/bin/python bench/reward_classifier_bench.py --reward-model RW/model --policy SFT/model \
         --prompts AD/sft_heldout.jsonl
@@ -33,6 +35,25 @@ def main() -> None:
     from stages.alignment.scoring import load_reward_model, score_texts
     from stages.tokenize.bpe import END_OF_TURN
 
+    import torch
+
+    @torch.no_grad()
+    def answer_logprobs(prompts: list[str], answers: list[str], batch: int = 64) -> np.ndarray:
+        """log pi_SFT(answer | prompt), teacher-forced, summed over the answer's tokens."""
+        out = []
+        for start in range(0, len(prompts), batch):
+            p = tok(prompts[start:start + batch], add_special_tokens=False)["input_ids"]
+            a = tok(answers[start:start + batch], add_special_tokens=False)["input_ids"]
+            seqs = [x + y for x, y in zip(p, a)]
+            ids = torch.full((len(seqs), max(map(len, seqs))), tok.pad_token_id)
+            mask = torch.zeros_like(ids)
+            for k, seq in enumerate(seqs):
+                ids[k, :len(seq)], mask[k, :len(seq)] = torch.tensor(seq), 1
+            logp = torch.log_softmax(policy(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
+            token = logp.gather(2, ids[:, 1:, None]).squeeze(-1)
+            out += [float(token[k, len(x) - 1:len(x) + len(y) - 1].sum()) for k, (x, y) in enumerate(zip(p, a))]
+        return np.asarray(out)
+
     rm, rm_tok = load_reward_model(args.reward_model, args.threads)
     policy, tok = load_policy(args.policy, args.threads)
     rows = read_rows(args.prompts)
@@ -41,12 +62,19 @@ def main() -> None:
         labels = FAMILIES[family].labels
         fam = [r for r in rows if r["family"] == family]
         prompts = [r["prompt_text"] for r in fam for _ in labels]
-        scores = np.asarray(score_texts(rm, rm_tok, prompts, [label + END_OF_TURN for _ in fam for label in labels]))
-        picks = [labels[i] for i in scores.reshape(len(fam), len(labels)).argmax(1)]
+        answers = [label + END_OF_TURN for _ in fam for label in labels]
+        scores = np.asarray(score_texts(rm, rm_tok, prompts, answers)).reshape(len(fam), len(labels))
+        logprobs = answer_logprobs(prompts, answers).reshape(len(fam), len(labels))
+        picks = [labels[i] for i in scores.argmax(1)]
         greedy = generate(policy, tok, [r["prompt_text"] for r in fam], 8, 64)
+        right = np.array([[label == r["answer"] for label in labels] for r in fam])
+        optimum = {str(beta): float(right[np.arange(len(fam)), (logprobs + scores / beta).argmax(1)].mean())
+                   for beta in (10.0, 3.0, 1.0, 0.5, 0.3, 0.1)}
         out[family] = {"prompts": len(fam),
                        "reward_model_argmax_accuracy": float(np.mean([p == r["answer"] for p, r in zip(picks, fam)])),
                        "policy_greedy_pass_rate": float(np.mean([verdict(r, g.text) for r, g in zip(fam, greedy)])),
+                       "policy_argmax_accuracy": float(right[np.arange(len(fam)), logprobs.argmax(1)].mean()),
+                       "kl_optimum_greedy_accuracy_by_beta": optimum,
                        "reward_model_top_picks": Counter(picks).most_common(3)}
     print(json.dumps(out, indent=1))
 
