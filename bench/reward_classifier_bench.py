@@ -31,28 +31,17 @@ def main() -> None:
     from stages.align_data.tasks import FAMILIES
     from stages.alignment.data import read_rows
     from stages.alignment.evaluate import verdict
-    from stages.alignment.generate import generate, load_policy
+    from stages.alignment.generate import generate, load_policy, teacher_forced
     from stages.alignment.scoring import load_reward_model, score_texts
+    from stages.dpo.stage import answer_logprob
+    from stages.ppo.stage import rollout_batch
     from stages.tokenize.bpe import END_OF_TURN
 
-    import torch
-
-    @torch.no_grad()
     def answer_logprobs(prompts: list[str], answers: list[str], batch: int = 64) -> np.ndarray:
         """log pi_SFT(answer | prompt), teacher-forced, summed over the answer's tokens."""
-        out = []
-        for start in range(0, len(prompts), batch):
-            p = tok(prompts[start:start + batch], add_special_tokens=False)["input_ids"]
-            a = tok(answers[start:start + batch], add_special_tokens=False)["input_ids"]
-            seqs = [x + y for x, y in zip(p, a)]
-            ids = torch.full((len(seqs), max(map(len, seqs))), tok.pad_token_id)
-            mask = torch.zeros_like(ids)
-            for k, seq in enumerate(seqs):
-                ids[k, :len(seq)], mask[k, :len(seq)] = torch.tensor(seq), 1
-            logp = torch.log_softmax(policy(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-            token = logp.gather(2, ids[:, 1:, None]).squeeze(-1)
-            out += [float(token[k, len(x) - 1:len(x) + len(y) - 1].sum()) for k, (x, y) in enumerate(zip(p, a))]
-        return np.asarray(out)
+        pairs = teacher_forced(tok, prompts, answers)
+        return np.concatenate([answer_logprob(policy, rollout_batch(pairs[start:start + batch], tok.pad_token_id))
+                               for start in range(0, len(pairs), batch)])
 
     rm, rm_tok = load_reward_model(args.reward_model, args.threads)
     policy, tok = load_policy(args.policy, args.threads)

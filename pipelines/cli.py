@@ -16,8 +16,8 @@ from typing import Annotated, Any, Optional
 import typer
 import yaml
 
-from stages.cli import setup_logging, stage_command
 from pipelines.cli_common import fail
+from stages.cli import setup_logging, stage_command
 from stages.core.errors import Cancelled, LmforgeError
 
 app = typer.Typer(

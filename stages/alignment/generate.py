@@ -67,3 +67,11 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
             body = response[:-1] if stopped else response
             out.append(Generation(prompt, response, tokenizer.decode(body, skip_special_tokens=True), stopped))
     return out
+
+
+def teacher_forced(tokenizer, prompts: list[str], answers: list[str]) -> list[Generation]:
+    """Given (prompt, answer) texts in the chat template as ``Generation``s, so that scoring
+    and log-prob code written for sampled answers takes them as they are."""
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+    return [Generation(p, a, text, True) for p, a, text in zip(prompt_ids, answer_ids, answers)]

@@ -22,7 +22,7 @@ from stages.alignment import launch
 from stages.alignment.data import read_rows
 from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gains, paired_difference, pass_rates, verdict,
                                        write_heldout)
-from stages.alignment.generate import Generation
+from stages.alignment.generate import Generation, teacher_forced
 from stages.alignment.objectives import gae, leave_one_out, masked_mean, masked_whiten, shaped_rewards
 from stages.alignment.trainer import MODEL_DIR, copy_tokenizer_files
 from stages.core.contract import Stage, StageContext, StageResult
@@ -107,9 +107,7 @@ class PPOStage(Stage):
         if not cfg.anchor_coef or cfg.families is None:
             return []
         rows = [r for r in read_rows(ctx.inputs["prompts"].path) if r["family"] not in cfg.families]
-        prompts = tokenizer([r["prompt_text"] for r in rows], add_special_tokens=False)["input_ids"]
-        answers = tokenizer([r["response_text"] for r in rows], add_special_tokens=False)["input_ids"]
-        return [Generation(p, a, r["response_text"], True) for p, a, r in zip(prompts, answers, rows)]
+        return teacher_forced(tokenizer, [r["prompt_text"] for r in rows], [r["response_text"] for r in rows])
 
     def _train(self, ctx, cfg: PPOConfig, prompts, anchors, policy, critic, reference, reward, pad_id) -> list[dict]:
         import ray
