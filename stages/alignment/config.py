@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stages.core.configuration import StrictModel
 from stages.core.contract import StageConfig
@@ -40,3 +40,13 @@ class AlignTrainConfig(StageConfig):
     max_seq_len: int = Field(160, ge=8, description="Longest prompt + response (tokens); longer ones are cut.")
     eval_every: int = Field(100, ge=1, description="Held-out loss every N steps (and at the end).")
     log_every: int = Field(10, ge=1)
+    ema_decay: Optional[float] = Field(
+        None, gt=0, lt=1, description="Save an exponential moving average of the weights (this decay per "
+        "optimizer step, fp32) instead of the last ones; null = off. Not with ZeRO-3 (sharded weights).")
+
+    @model_validator(mode="after")
+    def _ema_needs_whole_weights(self):
+        if self.ema_decay is not None and self.distributed.zero_stage == 3:
+            raise ValueError("ema_decay needs every rank to hold the whole weights: use distributed.zero_stage <= 2 "
+                             "or ema_decay: null")
+        return self

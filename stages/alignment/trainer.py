@@ -51,6 +51,7 @@ def train_worker(job: dict[str, Any]) -> None:
     from stages.alignment.data import read_rows
     from stages.alignment.recipes import RECIPES
     from stages.pretrain.loop import StepLogger, deepspeed_config, make_optimizer
+    from stages.alignment.weight_average import WeightAverage
     from stages.pretrain.sampler import StepSampler, eval_indices
 
     stage = job["stage"]
@@ -78,6 +79,7 @@ def train_worker(job: dict[str, Any]) -> None:
     optimizer, scheduler = make_optimizer(model, cfg.optim, steps)
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, micro, accum, bf16))
+    average = WeightAverage(engine.module, cfg.ema_decay) if cfg.ema_decay else None
     logger = StepLogger(rank, job.get("run_id"), job.get("tracking_uri"), [])
     if rank == 0:
         print(f"{stage}: {len(train_items)} train / {len(eval_items)} held-out items, {steps} steps of {global_batch} "
@@ -101,14 +103,14 @@ def train_worker(job: dict[str, Any]) -> None:
         sums = reduce(sums)
         return {k: float(sums[i] / sums[-1]) for i, k in enumerate(names)}
 
-    def evaluate(step: int) -> None:
+    def evaluate(step: int, prefix: str = "heldout_") -> None:
         engine.eval()
         parts = []
         with torch.no_grad():
             for idx in eval_indices(len(eval_items), len(eval_items), rank, world, micro):
                 parts.append(recipe.loss(engine, eval_items, idx.tolist(), pad_id, device, extra_eval)[1])
         engine.train()
-        figures = {f"heldout_{k}": v for k, v in weighted(parts).items()}
+        figures = {f"{prefix}{k}": v for k, v in weighted(parts).items()}
         logger.log(step, figures)
         if rank == 0:
             print(f"{stage}: step {step} " + " ".join(f"{k} {v:.4f}" for k, v in figures.items()),
@@ -125,6 +127,8 @@ def train_worker(job: dict[str, Any]) -> None:
             engine.backward(loss)
             engine.step()
             parts.append(figures)
+        if average is not None:
+            average.update(engine.module)
         if step % cfg.log_every == 0 or step in (1, steps):
             figures = weighted(parts)
             figures["lr"] = scheduler.get_last_lr()[0]
@@ -136,8 +140,12 @@ def train_worker(job: dict[str, Any]) -> None:
             if rank == 0:
                 print(f"{stage}: step {step}/{steps} " + " ".join(f"{k} {v:.4g}" for k, v in figures.items()),
                       file=sys.stderr, flush=True)
-        if step % cfg.eval_every == 0 or step == steps:
+        if step % cfg.eval_every == 0 and step != steps:
             evaluate(step)
+    if average is not None:  # the last weights' figures beside those of the average that is saved
+        evaluate(steps, prefix="heldout_unaveraged_")
+        average.copy_to(engine.module)
+    evaluate(steps)
 
     state = engine._zero3_consolidated_16bit_state_dict() if cfg.distributed.zero_stage == 3 else None
     with tempfile.TemporaryDirectory() as folder:

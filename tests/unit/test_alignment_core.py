@@ -172,3 +172,21 @@ def test_family_gains_pair_prompts_within_each_family():
     gains = family_gains(rows, after, before, 500, 0)
     assert gains["pass_rate.language.mean"] == pytest.approx(0.75) and gains["pass_rate.language.ci_low"] > 0.5
     assert gains["pass_rate.count_words.mean"] == 0 and gains["pass_rate.count_words.ci_high"] == 0
+
+
+def test_weight_average_follows_the_exponential_average_and_copies_back():
+    from stages.alignment.weight_average import WeightAverage
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.5)
+    for value in (1.0, 3.0):  # average: 0 -> 0.5 -> 1.75
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update(model)
+    assert torch.allclose(average.shadow["weight"], torch.full((1, 2), 1.75))
+    average.copy_to(model)
+    assert torch.allclose(model.weight, torch.full((1, 2), 1.75))
+    model_bf16 = torch.nn.Linear(2, 1, bias=False).to(torch.bfloat16)
+    assert WeightAverage(model_bf16, 0.99).shadow["weight"].dtype == torch.float32  # the average stays fp32

@@ -46,6 +46,7 @@ def test_apply_overrides_creates_nested_sections_without_touching_input():
         ("align_data.families=[poetry]", "unknown families ['poetry']; allowed: count_words"),
         ("pipeline.alignment=rlhf", "Input should be 'ppo' or 'dpo'"),
         ("sft.micro_batch_size=0", "'sft.micro_batch_size' (0)"),
+        ("reward.ema_decay=1.5", "'reward.ema_decay' (1.5): Input should be less than 1"),
         ("ingest.task_mb", "--set expects section.field=value"),
         ("ingest.task_mb.x=1", "is a value, not a section"),
     ],
@@ -55,6 +56,11 @@ def test_bad_overrides_name_the_field(override, message):
         load_config(TINY, [override])
     assert message in str(err.value)
     assert err.value.exit_code == 2
+
+
+def test_weight_average_refuses_sharded_weights():
+    with pytest.raises(ConfigError, match="'reward'.*ema_decay needs every rank to hold the whole weights"):
+        load_config(TINY, ["reward.ema_decay=0.9", "reward.distributed.zero_stage=3"])
 
 
 def test_bad_yaml_file_is_a_config_error(tmp_path):
