@@ -32,6 +32,13 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return -F.logsigmoid(margin).mean(), margin.detach()
 
 
+def chosen_nll(chosen_logprob: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood of the chosen answers, averaged over pairs: the
+    term RPO (Pang et al. 2024; TRL's ``rpo_alpha``) adds to DPO so that pushing the
+    rejected answer down does not drag the chosen one down with it."""
+    return -(chosen_logprob / chosen_tokens.clamp(min=1)).mean()
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 

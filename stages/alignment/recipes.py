@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from stages.alignment import data
-from stages.alignment.objectives import bradley_terry_loss, dpo_loss, sequence_logprob
+from stages.alignment.objectives import bradley_terry_loss, chosen_nll, dpo_loss, sequence_logprob
 
 
 def _tensors(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
@@ -94,8 +94,13 @@ class DPORecipe:
         chosen, rejected = logp.chunk(2)
         ref = torch.from_numpy(extra[np.asarray(indices)]).to(device=device, dtype=chosen.dtype)
         loss, margin = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], self.cfg.beta)
-        return loss, {"loss": loss.detach(), "accuracy": (margin > 0).float().mean(), "margin": margin.mean(),
-                      "weight": torch.tensor(float(len(indices)))}
+        figures = {"accuracy": (margin > 0).float().mean(), "margin": margin.mean(),
+                   "weight": torch.tensor(float(len(indices)))}
+        if self.cfg.rpo_alpha:
+            nll = chosen_nll(chosen, batch["response_mask"][:, 1:].sum(-1).chunk(2)[0].to(chosen.dtype))
+            figures["dpo_loss"], figures["chosen_nll"] = loss.detach(), nll.detach()
+            loss = loss + self.cfg.rpo_alpha * nll
+        return loss, {"loss": loss.detach(), **figures}
 
 
 RECIPES: dict[str, Any] = {"sft": SFTRecipe, "reward": RewardRecipe, "dpo": DPORecipe}

@@ -12,7 +12,7 @@ import torch
 
 from stages.alignment import data
 from stages.alignment.evaluate import bootstrap_ci, family_gains, pass_rates, paired_difference
-from stages.alignment.objectives import (bradley_terry_loss, dpo_loss, gae, leave_one_out, policy_loss,
+from stages.alignment.objectives import (bradley_terry_loss, chosen_nll, dpo_loss, gae, leave_one_out, policy_loss,
                                          sequence_logprob, shaped_rewards, token_logprobs, value_loss)
 
 
@@ -66,6 +66,32 @@ def test_bradley_terry_and_dpo_losses():
     loss, margin = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.5)
     assert margin.item() == pytest.approx(0.5 * ((-1 + 2) - (-3 + 2)))  # 1.0
     assert loss.item() == pytest.approx(math.log1p(math.exp(-1.0)))
+    # RPO's term: per-token NLL of the chosen answers, pairs averaged (2 tokens at -1 each, 4 tokens at -2 total)
+    assert chosen_nll(torch.tensor([-2.0, -2.0]), torch.tensor([2.0, 4.0])).item() == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_dpo_recipe_adds_the_chosen_nll_only_when_asked():
+    from stages.alignment.recipes import DPORecipe
+    from stages.dpo.config import DPOConfig
+
+    torch.manual_seed(0)
+    vocab = 12
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(vocab, vocab)
+
+        def forward(self, input_ids, attention_mask):
+            return type("Out", (), {"logits": self.emb(input_ids)})()
+
+    model = Tiny()
+    items = [data.PairItem(2, [1, 2, 3, 4], [1, 2, 5])]
+    ref = np.zeros((1, 2))
+    plain, figures = DPORecipe(DPOConfig()).loss(model, items, [0], 0, "cpu", ref)
+    with_nll, rpo = DPORecipe(DPOConfig(rpo_alpha=0.5)).loss(model, items, [0], 0, "cpu", ref)
+    assert "chosen_nll" not in figures and rpo["chosen_nll"] > 0
+    assert with_nll.item() == pytest.approx(plain.item() + 0.5 * rpo["chosen_nll"].item())
 
 
 def test_shaped_rewards_put_the_score_on_the_last_response_token():
