@@ -18,6 +18,7 @@ class DPOConfig(AlignTrainConfig):
     optim: DPOOptimConfig = Field(default_factory=DPOOptimConfig)
     beta: float = Field(0.1, gt=0, description="Strength of the implicit KL constraint to the SFT model.")
     rpo_alpha: float = Field(0.0, ge=0, description="Weight of the chosen answers' per-token NLL added to the DPO "
-                             "loss (RPO; TRL's rpo_alpha): keeps DPO from lowering the chosen answers too. 0 = plain DPO.")
+                             "loss (RPO; TRL's rpo_alpha): keeps DPO from lowering the chosen answers too. "
+                             "0 = plain DPO.")
     epochs: float = Field(2.0, gt=0, description="Passes over the training pairs (when max_steps is null).")
     eval: PPOEvalConfig = Field(default_factory=PPOEvalConfig)

@@ -68,7 +68,8 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
     run = client.get_run(dpo["stages"]["dpo"])
     assert run.data.tags["mlflow.parentRunId"] == dpo["pipeline_run_id"]
     assert {"heldout_pair_accuracy", "sft.pass_rate", "dpo.pass_rate", "dpo.kl_to_sft", "dpo.sampled_pass_rate",
-            "dpo_minus_sft.pass_rate.ci_low", "dpo_minus_sft.sampled_pass_rate.ci_low"} <= set(run.data.metrics)
+            "dpo_minus_sft.pass_rate.ci_low", "dpo_minus_sft.sampled_pass_rate.ci_low",
+            "chosen_nll"} <= set(run.data.metrics)  # tiny sets rpo_alpha
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")][-1] == 6
     assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-dpo").run_id == run.info.run_id
     manifest = json.loads(Path(client.download_artifacts(run.info.run_id, "manifest.json", str(tmp_path / "dpo"))).read_text())
