@@ -50,8 +50,8 @@ def train_worker(job: dict[str, Any]) -> None:
 
     from stages.alignment.data import read_rows
     from stages.alignment.recipes import RECIPES
-    from stages.pretrain.loop import StepLogger, deepspeed_config, make_optimizer
     from stages.alignment.weight_average import WeightAverage
+    from stages.pretrain.loop import StepLogger, deepspeed_config, make_optimizer
     from stages.pretrain.sampler import StepSampler, eval_indices
 
     stage = job["stage"]

@@ -18,17 +18,13 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.updates = 0
         self.shadow = {name: p.detach().float().clone() for name, p in module.named_parameters()}
 
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
         """Move the average toward the module's current weights (call once per optimizer step)."""
-        params = dict(module.named_parameters())
-        names = sorted(self.shadow)
-        torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach().float() for n in names],
-                             1.0 - self.decay)
-        self.updates += 1
+        current = [p.detach().float() for _, p in module.named_parameters()]
+        torch._foreach_lerp_(list(self.shadow.values()), current, 1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to(self, module: torch.nn.Module) -> None:
