@@ -20,6 +20,17 @@ from pathlib import Path
 import numpy as np
 
 
+def answer_logprobs(policy, tok, prompts: list[str], answers: list[str], batch: int = 64) -> np.ndarray:
+    """log pi(answer | prompt), teacher-forced, summed over the answer's tokens."""
+    from stages.alignment.generate import teacher_forced
+    from stages.dpo.stage import answer_logprob
+    from stages.ppo.stage import rollout_batch
+
+    pairs = teacher_forced(tok, prompts, answers)
+    return np.concatenate([answer_logprob(policy, rollout_batch(pairs[start:start + batch], tok.pad_token_id))
+                           for start in range(0, len(pairs), batch)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reward-model", type=Path, required=True)
@@ -31,17 +42,9 @@ def main() -> None:
     from stages.align_data.tasks import FAMILIES
     from stages.alignment.data import read_rows
     from stages.alignment.evaluate import verdict
-    from stages.alignment.generate import generate, load_policy, teacher_forced
+    from stages.alignment.generate import generate, load_policy
     from stages.alignment.scoring import load_reward_model, score_texts
-    from stages.dpo.stage import answer_logprob
-    from stages.ppo.stage import rollout_batch
     from stages.tokenize.bpe import END_OF_TURN
-
-    def answer_logprobs(prompts: list[str], answers: list[str], batch: int = 64) -> np.ndarray:
-        """log pi_SFT(answer | prompt), teacher-forced, summed over the answer's tokens."""
-        pairs = teacher_forced(tok, prompts, answers)
-        return np.concatenate([answer_logprob(policy, rollout_batch(pairs[start:start + batch], tok.pad_token_id))
-                               for start in range(0, len(pairs), batch)])
 
     rm, rm_tok = load_reward_model(args.reward_model, args.threads)
     policy, tok = load_policy(args.policy, args.threads)
@@ -53,7 +56,7 @@ def main() -> None:
         prompts = [r["prompt_text"] for r in fam for _ in labels]
         answers = [label + END_OF_TURN for _ in fam for label in labels]
         scores = np.asarray(score_texts(rm, rm_tok, prompts, answers)).reshape(len(fam), len(labels))
-        logprobs = answer_logprobs(prompts, answers).reshape(len(fam), len(labels))
+        logprobs = answer_logprobs(policy, tok, prompts, answers).reshape(len(fam), len(labels))
         picks = [labels[i] for i in scores.argmax(1)]
         greedy = generate(policy, tok, [r["prompt_text"] for r in fam], 8, 64)
         right = np.array([[label == r["answer"] for label in labels] for r in fam])
