@@ -84,11 +84,11 @@ def main() -> None:
                   - score_texts(rm, rm_tok, texts, [r["rejected_text"] for r in rows]))
         logprob = (answer_logprobs(policy, tok, texts, [r["response_text"] for r in rows])
                    - answer_logprobs(policy, tok, texts, [r["rejected_text"] for r in rows]))
-        margins[name] = (rows, np.asarray(reward), logprob)
+        margins[name] = (reward, logprob)
 
-    rows, reward, logprob = margins["heldout"]
+    reward, logprob = margins["heldout"]
     letter = defaultdict(list)
-    for r, m in zip(rows, reward):
+    for r, m in zip(pairs, reward):
         if r["family"] == "sentiment" and r["rejected"].split(":")[0] in ("A", "B"):  # not a wrong-task pair
             letter[f"{r['answer'][0]}_right"].append(m > 0)
     out["sentiment_by_right_letter"] = {k: rate(v) for k, v in sorted(letter.items())}
@@ -99,10 +99,10 @@ def main() -> None:
         ordinal[r["prompt"].split()[3]].append(verdict(r, g.text))
     out["policy_nth_word_greedy_by_ordinal"] = {k: rate(v) for k, v in sorted(ordinal.items())}
 
-    _, train_reward, train_logprob = margins["train"]
+    train_reward, train_logprob = margins["train"]
     train_acc = {beta: float(np.mean(train_reward + beta * train_logprob > 0)) for beta in BETAS}
     best = max(BETAS, key=lambda beta: (train_acc[beta], -beta))
-    family = np.array([r["family"] for r in rows])
+    family = np.array([r["family"] for r in pairs])
 
     def heldout(beta: float) -> dict:
         ok = reward + beta * logprob > 0
