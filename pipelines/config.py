@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stages.core.configuration import StrictModel, apply_overrides, load_yaml, validate
 from stages.core.errors import ConfigError
@@ -93,6 +93,13 @@ class PipelineConfig(StrictModel):
 
     def stage_config(self, name: str) -> StrictModel:
         return getattr(self, name)
+
+    @model_validator(mode="after")
+    def _reward_lm_term_needs_a_tied_head(self):
+        if self.reward.lm_coef and not self.pretrain.model.tie_embeddings:
+            raise ValueError("reward.lm_coef trains the backbone's tied LM head, but pretrain.model.tie_embeddings is "
+                             "false: set one of them (reward.lm_coef: 0 or tie_embeddings: true)")
+        return self
 
 
 def load_config(path: Optional[Path] = None, overrides: list[str] | None = None) -> PipelineConfig:

@@ -1,6 +1,6 @@
 """The losses of the alignment stages, as plain functions of tensors (unit-tested on
-known values): response-only token log-probs, Bradley-Terry for the reward model, DPO,
-and PPO's pieces (KL-shaped rewards, GAE, clipped policy and value losses)."""
+known values): response-only token log-probs, Bradley-Terry for the reward model and its
+language-model regulariser, DPO, and PPO's pieces (KL-shaped rewards, GAE, clipped policy and value losses)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,16 @@ def chosen_nll(chosen_logprob: torch.Tensor, chosen_tokens: torch.Tensor) -> tor
     term RPO (Pang et al. 2024; TRL's ``rpo_alpha``) adds to DPO so that pushing the
     rejected answer down does not drag the chosen one down with it."""
     return -(chosen_logprob / chosen_tokens.clamp(min=1)).mean()
+
+
+def tied_head_nll(hidden: torch.Tensor, embedding: torch.Tensor, input_ids: torch.Tensor,
+                  response_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of the response tokens, from a backbone's final hidden states
+    ([B, T, d]) through its tied embedding ([V, d]) as the LM head. Only response positions
+    are projected, so the vocabulary-sized matmul costs a few tokens per row."""
+    mask = response_mask[:, 1:] > 0  # position t-1 predicts token t
+    logits = hidden[:, :-1][mask] @ embedding.t()
+    return F.cross_entropy(logits.float(), input_ids[:, 1:][mask])
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

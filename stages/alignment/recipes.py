@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from stages.alignment import data
-from stages.alignment.objectives import bradley_terry_loss, chosen_nll, dpo_loss, sequence_logprob
+from stages.alignment.objectives import bradley_terry_loss, chosen_nll, dpo_loss, sequence_logprob, tied_head_nll
 
 
 def _tensors(batch: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
@@ -39,7 +39,8 @@ class SFTRecipe:
 
 
 class RewardRecipe:
-    """A scalar head on the SFT backbone, trained on pairs with the Bradley-Terry loss."""
+    """A scalar head on the SFT backbone, trained on pairs with the Bradley-Terry loss; with
+    ``lm_coef`` > 0, plus the chosen answers' next-token loss through the tied LM head."""
 
     model_kind = "score"
 
@@ -50,15 +51,28 @@ class RewardRecipe:
         return data.encode_pairs(rows, tokenizer, self.cfg.max_seq_len)
 
     def prepare(self, model, items, device, micro):
+        if self.cfg.lm_coef and not model.config.tie_word_embeddings:
+            raise ValueError("reward.lm_coef needs a backbone whose LM head is its embedding (tie_word_embeddings); "
+                             "this one has its own head, which the reward model does not load: set lm_coef: 0")
         return None
 
     def loss(self, engine, items, indices, pad_id, device, extra):
         batch = _tensors(data.pair_batch([items[i] for i in indices], pad_id), device)
-        scores = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
-        chosen, rejected = scores.float().chunk(2)
+        lm_coef = self.cfg.lm_coef
+        out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     output_hidden_states=bool(lm_coef))
+        chosen, rejected = out.logits.squeeze(-1).float().chunk(2)
         loss = bradley_terry_loss(chosen, rejected)
-        return loss, {"loss": loss.detach(), "accuracy": (chosen > rejected).float().mean(),
-                      "margin": (chosen - rejected).mean().detach(), "weight": torch.tensor(float(len(indices)))}
+        figures = {"accuracy": (chosen > rejected).float().mean(), "margin": (chosen - rejected).mean().detach(),
+                   "weight": torch.tensor(float(len(indices)))}
+        if lm_coef:
+            n = len(indices)  # the chosen rows come first
+            embedding = getattr(engine, "module", engine).get_input_embeddings().weight
+            nll = tied_head_nll(out.hidden_states[-1][:n], embedding, batch["input_ids"][:n],
+                                batch["response_mask"][:n])
+            figures["bt_loss"], figures["chosen_nll"] = loss.detach(), nll.detach()
+            loss = loss + lm_coef * nll
+        return loss, {"loss": loss.detach(), **figures}
 
 
 class DPORecipe:

@@ -3,7 +3,7 @@ checked against the checkers on sampled answers."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stages.alignment.config import AlignTrainConfig, GenerationConfig
 from stages.core.configuration import StrictModel
@@ -36,4 +36,15 @@ class OnPolicyPairsConfig(StrictModel):
 class RewardConfig(AlignTrainConfig):
     epochs: float = Field(2.0, gt=0, description="Passes over the training pairs (when max_steps is null).")
     on_policy: OnPolicyPairsConfig = Field(default_factory=OnPolicyPairsConfig)
+    lm_coef: float = Field(
+        0.0, ge=0, description="Weight of the chosen answers' next-token loss through the backbone's tied LM head, "
+        "added to the Bradley-Terry loss (GRM, Yang et al. 2024): the backbone keeps the skills SFT gave it "
+        "while the head learns to rank. 0 = off. Not with ZeRO-3 (the head's weights are sharded).")
     eval: RewardEvalConfig = Field(default_factory=RewardEvalConfig)
+
+    @model_validator(mode="after")
+    def _lm_head_needs_whole_weights(self):
+        if self.lm_coef and self.distributed.zero_stage == 3:
+            raise ValueError("lm_coef reads the tied embedding outside the forward pass: use "
+                             "distributed.zero_stage <= 2 or lm_coef: 0")
+        return self

@@ -206,7 +206,7 @@ def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> Non
 
     reward = client.get_run(runs["reward"])
     assert 0 <= reward.data.metrics["pairwise_accuracy"] <= 1
-    assert {"heldout_accuracy", "spearman_reward_vs_checker"} <= set(reward.data.metrics)
+    assert {"heldout_accuracy", "spearman_reward_vs_checker", "chosen_nll", "bt_loss"} <= set(reward.data.metrics)
     assert client.get_model_version_by_alias("lmforge-tiny-reward", "latest-reward").run_id == reward.info.run_id
 
     ppo = client.get_run(runs["ppo"])

@@ -13,7 +13,7 @@ import torch
 from stages.alignment import data
 from stages.alignment.evaluate import bootstrap_ci, family_gains, pass_rates, paired_difference
 from stages.alignment.objectives import (bradley_terry_loss, chosen_nll, dpo_loss, gae, leave_one_out, policy_loss,
-                                         sequence_logprob, shaped_rewards, token_logprobs, value_loss)
+                                         sequence_logprob, shaped_rewards, tied_head_nll, token_logprobs, value_loss)
 
 
 class FakeTokenizer:
@@ -92,6 +92,56 @@ def test_dpo_recipe_adds_the_chosen_nll_only_when_asked():
     with_nll, rpo = DPORecipe(DPOConfig(rpo_alpha=0.5)).loss(model, items, [0], 0, "cpu", ref)
     assert "chosen_nll" not in figures and rpo["chosen_nll"] > 0
     assert with_nll.item() == pytest.approx(plain.item() + 0.5 * rpo["chosen_nll"].item())
+
+
+def _tiny_llama(tied: bool = True, **extra):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       num_key_value_heads=2, max_position_embeddings=16, tie_word_embeddings=tied, pad_token_id=0,
+                       **extra)
+
+
+def test_tied_head_nll_is_the_causal_lm_loss_on_response_tokens():
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(_tiny_llama()).eval()
+    batch = {k: torch.from_numpy(v) for k, v in data.pair_batch([data.PairItem(2, [1, 2, 3, 4, 5], [1, 2, 6])], 0).items()}
+    out = lm(input_ids=batch["input_ids"][:1], output_hidden_states=True)
+    labels = batch["input_ids"][:1].clone()
+    labels[:, :2] = -100  # the prompt
+    expected = lm(input_ids=batch["input_ids"][:1], labels=labels).loss
+    got = tied_head_nll(out.hidden_states[-1], lm.get_input_embeddings().weight, batch["input_ids"][:1],
+                        batch["response_mask"][:1])
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_reward_recipe_adds_the_chosen_answers_lm_loss_only_when_asked():
+    from transformers import LlamaForSequenceClassification
+
+    from stages.alignment.recipes import RewardRecipe
+    from stages.reward.config import RewardConfig
+
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(_tiny_llama(num_labels=1))
+    items = [data.PairItem(2, [1, 2, 3, 4], [1, 2, 5]), data.PairItem(1, [7, 8, 9], [7, 3, 3, 3])]
+
+    def loss_and_grad(cfg):
+        model.zero_grad()
+        loss, figures = RewardRecipe(cfg).loss(model, items, [0, 1], 0, "cpu", None)
+        loss.backward()
+        return loss, figures, model.get_input_embeddings().weight.grad.clone()
+
+    plain, figures, plain_grad = loss_and_grad(RewardConfig())
+    regularised, lm, lm_grad = loss_and_grad(RewardConfig(lm_coef=0.5))
+    assert "chosen_nll" not in figures and lm["chosen_nll"] > 0
+    assert lm["bt_loss"].item() == pytest.approx(plain.item())
+    assert regularised.item() == pytest.approx(plain.item() + 0.5 * lm["chosen_nll"].item())
+    assert (lm_grad - plain_grad).abs().sum() > 0  # the LM term trains the shared embedding
+    untied = LlamaForSequenceClassification(_tiny_llama(tied=False))
+    with pytest.raises(ValueError, match="reward.lm_coef needs a backbone whose LM head is its embedding"):
+        RewardRecipe(RewardConfig(lm_coef=0.5)).prepare(untied, items, "cpu", 2)
 
 
 def test_shaped_rewards_put_the_score_on_the_last_response_token():

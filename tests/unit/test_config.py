@@ -47,6 +47,7 @@ def test_apply_overrides_creates_nested_sections_without_touching_input():
         ("pipeline.alignment=rlhf", "Input should be 'ppo' or 'dpo'"),
         ("sft.micro_batch_size=0", "'sft.micro_batch_size' (0)"),
         ("reward.ema_decay=1.5", "'reward.ema_decay' (1.5): Input should be less than 1"),
+        ("reward.lm_coef=-1", "'reward.lm_coef' (-1)"),
         ("ingest.task_mb", "--set expects section.field=value"),
         ("ingest.task_mb.x=1", "is a value, not a section"),
     ],
@@ -58,9 +59,14 @@ def test_bad_overrides_name_the_field(override, message):
     assert err.value.exit_code == 2
 
 
-def test_weight_average_refuses_sharded_weights():
+def test_options_that_conflict_with_other_fields_name_both():
     with pytest.raises(ConfigError, match="'reward'.*ema_decay needs every rank to hold the whole weights"):
         load_config(TINY, ["reward.ema_decay=0.9", "reward.distributed.zero_stage=3"])
+    with pytest.raises(ConfigError, match="'reward'.*lm_coef reads the tied embedding"):
+        load_config(TINY, ["reward.lm_coef=0.5", "reward.distributed.zero_stage=3"])
+    with pytest.raises(ConfigError, match="reward.lm_coef trains the backbone's tied LM head, but "
+                                          "pretrain.model.tie_embeddings is false"):
+        load_config(TINY, ["reward.lm_coef=0.5", "pretrain.model.tie_embeddings=false"])
 
 
 def test_bad_yaml_file_is_a_config_error(tmp_path):
