@@ -55,7 +55,7 @@ def main() -> None:
         fam = [r for r in rows if r["family"] == family]
         prompts = [r["prompt_text"] for r in fam for _ in labels]
         answers = [label + END_OF_TURN for _ in fam for label in labels]
-        scores = np.asarray(score_texts(rm, rm_tok, prompts, answers)).reshape(len(fam), len(labels))
+        scores = score_texts(rm, rm_tok, prompts, answers).reshape(len(fam), len(labels))
         logprobs = answer_logprobs(policy, tok, prompts, answers).reshape(len(fam), len(labels))
         picks = [labels[i] for i in scores.argmax(1)]
         greedy = generate(policy, tok, [r["prompt_text"] for r in fam], 8, 64)

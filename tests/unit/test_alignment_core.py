@@ -108,13 +108,12 @@ def test_tied_head_nll_is_the_causal_lm_loss_on_response_tokens():
     torch.manual_seed(0)
     lm = LlamaForCausalLM(_tiny_llama()).eval()
     batch = {k: torch.from_numpy(v) for k, v in data.pair_batch([data.PairItem(2, [1, 2, 3, 4, 5], [1, 2, 6])], 0).items()}
-    out = lm(input_ids=batch["input_ids"][:1], output_hidden_states=True)
     labels = batch["input_ids"][:1].clone()
     labels[:, :2] = -100  # the prompt
-    expected = lm(input_ids=batch["input_ids"][:1], labels=labels).loss
+    out = lm(input_ids=batch["input_ids"][:1], labels=labels, output_hidden_states=True)
     got = tied_head_nll(out.hidden_states[-1], lm.get_input_embeddings().weight, batch["input_ids"][:1],
                         batch["response_mask"][:1])
-    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert got.item() == pytest.approx(out.loss.item(), rel=1e-5)
 
 
 def test_reward_recipe_adds_the_chosen_answers_lm_loss_only_when_asked():
