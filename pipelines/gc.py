@@ -1,11 +1,13 @@
 """What ``lmforge gc`` may delete and how much that frees.
 
-Needed (never touched): stage runs a registered model version points at (every alias
-resolves to one), the stage runs of the ``keep`` most recent pipeline runs, and anything
-a running pipeline uses. The rest of the stage runs lose their artifacts and are
-deleted in MLflow (so the cache never offers a run whose files are gone); stage work
+Needed (never touched): stage runs that hold an aliased registered model version (the
+``production`` one above all), the version a rollback of ``production`` would return to,
+and each registered model's newest version; the stage runs of the ``keep`` (at least 1)
+most recent pipeline runs; and anything a running pipeline uses. The rest of the stage
+runs lose their artifacts and are deleted in MLflow (so the cache never offers a run whose files are gone); stage work
 dirs of pipelines that are not running, Ray Train checkpoints of no needed run, and the
-object-spill folders of Ray sessions that are no longer alive go too.
+object-spill folders of Ray sessions that are no longer alive go too, and so do the temp
+dirs that killed stages left beside their outputs (found through their owner records).
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines import runs
+from stages.core.atomic import registered_stale_temps, remove_temp
+from stages.core.errors import ConfigError
 from stages.core.paths import lmforge_home, work_root
 from stages.core.tracking import local_path_of
 
 
 @dataclass
 class Item:
-    kind: str  # stage-run, work-dir, checkpoint, ray-spill
+    kind: str  # stage-run, work-dir, checkpoint, ray-spill, partial-output
     path: Path | None
     bytes: int
     run_id: str | None = None
@@ -47,12 +51,36 @@ def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _aliased_runs(client) -> set[str]:
-    needed = set()
+def protected_versions(client) -> list[tuple[str, str, str]]:
+    """(model, version, why) of every registered version gc must leave alone: each aliased version
+    (aliases read from the registered model: ``search_model_versions`` returns versions without
+    them), the version a ``production`` rollback would go back to, and each model's newest version."""
+    from stages.deploy.promotion import PREVIOUS_TAG
+
+    found: dict[tuple[str, str], str] = {}
     for model in client.search_registered_models(max_results=1000):
-        for version in client.search_model_versions(f"name = '{model.name}'", max_results=1000):
-            if version.aliases:
-                needed.add(version.run_id)
+        for alias, version in sorted((model.aliases or {}).items()):
+            found.setdefault((model.name, str(version)), f"@{alias}")
+            previous = client.get_model_version(model.name, str(version)).tags.get(PREVIOUS_TAG)
+            if previous:
+                found.setdefault((model.name, str(previous)), f"rollback target of @{alias}")
+        newest = client.search_model_versions(f"name = '{model.name}'", order_by=["version_number DESC"],
+                                              max_results=1)
+        if newest:
+            found.setdefault((model.name, str(newest[0].version)), "newest version")
+    return [(name, version, why) for (name, version), why in sorted(found.items())]
+
+
+def _registered_runs(client, stage_runs) -> set[str]:
+    """Stage runs holding a protected version's files: its run, and any run whose artifacts its source lies in."""
+    needed = set()
+    roots = {r.info.run_id: r.info.artifact_uri.rstrip("/") + "/" for r in stage_runs}
+    for name, number, _ in protected_versions(client):
+        version = client.get_model_version(name, number)
+        if version.run_id:
+            needed.add(version.run_id)
+        source = (version.source or "").rstrip("/") + "/"
+        needed.update(run_id for run_id, root in roots.items() if source.startswith(root))
     return needed
 
 
@@ -65,16 +93,31 @@ def _stage_runs_of(client, pipeline_run) -> set[str]:
 
 
 def plan(client, keep: int) -> Plan:
+    if keep < 1:
+        raise ConfigError(f"--keep must be at least 1 (the newest pipeline run is always kept), got {keep}")
+    result = Plan()
+    if runs.experiment_ids(client):
+        _plan_runs(client, keep, result)
+    for spill in _dead_ray_spills():
+        result.delete.append(Item("ray-spill", spill, size_of(spill), label=str(spill.parent.name)))
+    planned = [item.path for item in result.delete if item.path is not None]
+    for partial in registered_stale_temps():  # what killed stages left beside their outputs
+        if not any(partial.is_relative_to(p) for p in planned):
+            result.delete.append(Item("partial-output", partial, size_of(partial), label=str(partial)))
+    return result
+
+
+def _plan_runs(client, keep: int, result: Plan) -> None:
+    """Stage runs, work dirs and checkpoints that neither a protected model version nor the ``keep`` newest
+    (or a running) pipeline run needs."""
     ids = runs.experiment_ids(client)
-    if not ids:
-        return Plan()
     pipelines = runs.recent_pipeline_runs(client, limit=5000)
     running = [p for p in pipelines if runs.pipeline_state(p) == "RUNNING"]
-    needed = _aliased_runs(client)
+    stage_runs = client.search_runs(ids, filter_string="tags.`lmforge.stage` != ''", max_results=50000)
+    needed = _registered_runs(client, stage_runs)
     for pipeline_run in pipelines[:keep] + running:
         needed |= _stage_runs_of(client, pipeline_run)
-    stage_runs = client.search_runs(ids, filter_string="tags.`lmforge.stage` != ''", max_results=50000)
-    result = Plan(kept_runs=len([r for r in stage_runs if r.info.run_id in needed]))
+    result.kept_runs = len([r for r in stage_runs if r.info.run_id in needed])
     needed_keys = {r.data.tags.get("lmforge.cache_key", "")[:20] for r in stage_runs if r.info.run_id in needed}
     for r in stage_runs:
         if r.info.run_id in needed or r.info.status == "RUNNING":
@@ -95,9 +138,6 @@ def plan(client, keep: int) -> Plan:
             key = folder.name.rsplit("-", 1)[-1]
             if folder.is_dir() and key not in needed_keys:
                 result.delete.append(Item("checkpoint", folder, size_of(folder), label=folder.name))
-    for spill in _dead_ray_spills():
-        result.delete.append(Item("ray-spill", spill, size_of(spill), label=str(spill.parent.name)))
-    return result
 
 
 def _dead_ray_spills() -> list[Path]:
@@ -120,7 +160,9 @@ def _dead_ray_spills() -> list[Path]:
 
 def apply(client, result: Plan) -> None:
     for item in result.delete:
-        if item.path is not None:
+        if item.kind == "partial-output" and item.path is not None:
+            remove_temp(item.path)
+        elif item.path is not None:
             shutil.rmtree(item.path, ignore_errors=True) if item.path.is_dir() else item.path.unlink(missing_ok=True)
         if item.kind == "stage-run" and item.run_id:
             client.set_tag(item.run_id, "lmforge.gc", "artifacts removed by lmforge gc")

@@ -194,7 +194,10 @@ def gc(
     from pipelines import gc as collector
 
     client = _client()
-    result = collector.plan(client, max(0, keep))
+    try:
+        result = collector.plan(client, keep)
+    except LmforgeError as exc:
+        raise fail(exc) from None
     by_kind: dict[str, list[int]] = {}
     for item in result.delete:
         by_kind.setdefault(item.kind, [0, 0])
@@ -213,7 +216,9 @@ def gc(
     typer.echo(json.dumps({"dry_run": dry_run, "freed_bytes": 0 if dry_run else result.bytes,
                            "would_free_bytes": result.bytes,
                            "removed": {k: {"items": c, "bytes": b} for k, (c, b) in by_kind.items()},
-                           "removed_runs": [i.run_id for i in result.delete if i.run_id]}))
+                           "removed_runs": [i.run_id for i in result.delete if i.run_id],
+                           "items": [{"kind": i.kind, "path": str(i.path) if i.path else None, "run_id": i.run_id,
+                                      "bytes": i.bytes} for i in result.delete]}))
 
 
 def dashboard(

@@ -46,37 +46,54 @@ def check_text(text: Any, max_chars: int) -> tuple[str, str] | None:
 
 def iter_jsonl(handle: BinaryIO, origin: str, max_chars: int) -> Iterator[dict[str, Any] | Quarantined]:
     """Records of a JSONL byte stream; a bad line is quarantined, the rest still read."""
+    for _, item in numbered_jsonl(handle, origin, max_chars):
+        yield item
+
+
+def numbered_jsonl(handle: BinaryIO, origin: str,
+                   max_chars: int) -> Iterator[tuple[int, dict[str, Any] | Quarantined]]:
+    """(line number, record or quarantined line) of a JSONL byte stream."""
     for number, raw in enumerate(handle, start=1):
         if not raw.strip():
             continue
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield Quarantined("bad_encoding", f"not UTF-8: {exc.reason} at byte {exc.start}", origin, number,
-                              raw=raw.decode("utf-8", errors="replace")[:10_000])
+            yield number, Quarantined("bad_encoding", f"not UTF-8: {exc.reason} at byte {exc.start}", origin, number,
+                                      raw=raw.decode("utf-8", errors="replace")[:10_000])
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield Quarantined("bad_json", f"{exc.msg} at column {exc.colno}", origin, number, raw=line)
+            yield number, Quarantined("bad_json", f"{exc.msg} at column {exc.colno}", origin, number, raw=line)
             continue
         if not isinstance(record, dict):
-            yield Quarantined("not_object", f"a JSON {type(record).__name__}, not an object", origin, number, raw=line)
+            yield number, Quarantined("not_object", f"a JSON {type(record).__name__}, not an object", origin, number,
+                                      raw=line)
             continue
-        yield from _checked(record, origin, number, max_chars, raw=line)
+        for item in _checked(record, origin, number, max_chars, raw=line):
+            yield number, item
 
 
 def iter_parquet(path_or_handle: Any, origin: str, max_chars: int) -> Iterator[dict[str, Any] | Quarantined]:
+    for _, item in numbered_parquet(path_or_handle, origin, max_chars):
+        yield item
+
+
+def numbered_parquet(path_or_handle: Any, origin: str,
+                     max_chars: int) -> Iterator[tuple[int, dict[str, Any] | Quarantined]]:
+    """(row number, record or quarantined row) of a Parquet file."""
     try:
         table_file = pq.ParquetFile(path_or_handle)
     except (pa.ArrowException, OSError) as exc:
-        yield Quarantined("unreadable", f"not a readable Parquet file: {exc}", origin)
+        yield 0, Quarantined("unreadable", f"not a readable Parquet file: {exc}", origin)
         return
     number = 0
     for batch in table_file.iter_batches(batch_size=1024):
         for record in batch.to_pylist():
             number += 1
-            yield from _checked(record, origin, number, max_chars)
+            for item in _checked(record, origin, number, max_chars):
+                yield number, item
 
 
 def _checked(record: dict[str, Any], origin: str, number: int, max_chars: int,
@@ -97,14 +114,22 @@ def _checked(record: dict[str, Any], origin: str, number: int, max_chars: int,
 
 def read_documents(path: Path, max_chars: int = 1 << 62) -> Iterator[dict[str, Any] | Quarantined]:
     """Documents of a JSONL file, a Parquet file, or a folder of either (sorted)."""
+    for _, _, item in located_documents(path, max_chars):
+        yield item
+
+
+def located_documents(path: Path, max_chars: int = 1 << 62) -> Iterator[tuple[str, int, dict[str, Any] | Quarantined]]:
+    """(file, line or row number, document or quarantined record) of a JSONL or Parquet file or folder."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         if file.suffix == ".parquet":
-            yield from iter_parquet(file, str(file), max_chars)
+            for number, item in numbered_parquet(file, str(file), max_chars):
+                yield str(file), number, item
         elif file.suffix in (".jsonl", ".json"):
             with open(file, "rb") as handle:
-                yield from iter_jsonl(handle, str(file), max_chars)
+                for number, item in numbered_jsonl(handle, str(file), max_chars):
+                    yield str(file), number, item
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:

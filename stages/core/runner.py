@@ -19,7 +19,7 @@ from stages.core.codehash import code_hash
 from stages.core.contract import Stage, StageConfig, StageContext, StageInput, StageResult
 from stages.core.digests import sha256_json, tree_digests
 from stages.core.environment import hardware, library_versions, lock_hash
-from stages.core.errors import Cancelled, LmforgeError, StageError
+from stages.core.errors import Cancelled, ConfigError, LmforgeError, StageError
 from stages.core.manifest import MANIFEST, read_manifest, write_manifest
 from stages.core.tracking import TAG_CACHE_KEY, TAG_COMPLETE, TAG_PIPELINE, TAG_STAGE, Tracker
 
@@ -182,8 +182,8 @@ def execute_stage(
 def input_from_path(name: str, path: Path, run_id: str | None = None) -> StageInput:
     """Resolve a local input, digesting its content (manifest digests when it has one)."""
     path = Path(path).resolve()
-    if not path.exists():
-        raise StageError(f"input {name!r}: {path} does not exist")
+    if not path.exists():  # a bad argument, like a bad config: exit 2
+        raise ConfigError(f"input {name!r}: {path} does not exist")
     if path.is_dir() and (path / MANIFEST).exists():
         digest = sha256_json(read_manifest(path)["outputs"])
     else:

@@ -20,7 +20,7 @@ import numpy as np
 from stages.core.contract import Stage, StageContext, StageResult
 from stages.core.docio import append_jsonl, write_parquet
 from stages.core.ray_runtime import ensure_ray, run_tasks
-from stages.core.shards import assemble_outputs, iter_shard, read_shard, shard_input
+from stages.core.shards import assemble_outputs, drop_repeated_ids, iter_shard, read_shard, shard_input
 from stages.dedup import core
 from stages.dedup.config import DedupConfig
 from stages.dedup.minhash import ShingleHasher, text_shingles
@@ -110,13 +110,14 @@ class DedupStage(Stage):
         timings: dict[str, float] = {}
         t0 = time.time()
         sharded = shard_input(ctx.inputs["docs"].path, work, cfg.shard_docs, cfg.max_doc_chars, out / "quarantined.jsonl")
+        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
+        opts = {"num_cpus": cfg.task_cpus, "max_retries": 3, "retry_exceptions": False}
+        sharded = drop_repeated_ids(sharded, work, out / "quarantined.jsonl", opts, "dedup")
         timings["shard_s"] = time.time() - t0
         shards = [str(s) for s in sharded.shards]
         offsets = sharded.offsets()
         n = sharded.documents
         ctx.log.info("dedup: %d documents in %d shards (%d quarantined)", n, len(shards), sharded.quarantined)
-        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
-        opts = {"num_cpus": cfg.task_cpus, "max_retries": 3, "retry_exceptions": False}
 
         def run_pass(label: str, fn, args_list: list[tuple]) -> list[Any]:
             started = time.time()

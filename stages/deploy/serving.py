@@ -65,14 +65,30 @@ def start(model_dir: Path, model_name: str, host: str = "127.0.0.1", port: int =
               name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
     deadline = time.time() + timeout_s
+    last = "no answer"
     while time.time() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+            answer = httpx.get(f"{url}/health", timeout=5)
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        else:
+            if answer.status_code == 200:
                 return url
-        except httpx.HTTPError:
-            pass
+            status = _json_or_empty(answer)
+            last = status.get("reason", answer.text[:200])
+            if status.get("status") == "failed":
+                stop()
+                raise StageError(f"the server at {url} could not load {model_dir}: {last}")
         time.sleep(0.5)
-    raise StageError(f"the server did not answer {url}/health within {timeout_s:.0f} s")
+    raise StageError(f"the server did not answer {url}/health within {timeout_s:.0f} s (last: {last})")
+
+
+def _json_or_empty(answer) -> dict:
+    try:
+        body = answer.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def stop() -> None:

@@ -8,7 +8,6 @@ which strips markup and the page chrome it recognizes on a single page.
 from __future__ import annotations
 
 import bz2
-import gzip
 import io
 import zlib
 from collections.abc import Iterator
@@ -37,12 +36,48 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8")
 
 
-def _maybe_decompress(data: bytes, name: str) -> tuple[bytes, str]:
+@dataclass
+class Cut:
+    """Where a compressed stream stops making sense: the bytes before it are intact."""
+
+    compressed_at: int  # byte offset in the file where decompression stopped
+    intact_bytes: int  # decompressed bytes before the cut
+    why: str
+
+
+def _decompressor(name: str):
     if name.endswith(".gz"):
-        return gzip.decompress(data), name[:-3]
+        return lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)
     if name.endswith(".bz2"):
-        return bz2.decompress(data), name[:-4]
-    return data, name
+        return bz2.BZ2Decompressor
+    return None
+
+
+def decompress_prefix(data: bytes, name: str, chunk: int = 1 << 12) -> tuple[bytes, Cut | None]:
+    """All of ``data`` decompressed (every member of a multi-member file), or, when the stream is truncated
+    or corrupt, what decompressed before the damage and where it is."""
+    make = _decompressor(name)
+    if make is None:
+        return data, None
+    out, position, decoder = [], 0, make()
+    produced = 0
+    while position < len(data):
+        piece = data[position:position + chunk]
+        try:
+            block = decoder.decompress(piece)
+        except (OSError, EOFError, zlib.error, ValueError) as exc:
+            return b"".join(out), Cut(position, produced, f"corrupt data ({exc})")
+        out.append(block)
+        produced += len(block)
+        if decoder.eof:
+            used = len(piece) - len(decoder.unused_data)
+            position += used
+            if position < len(data) and data[position:].strip(b"\x00"):
+                decoder = make()  # the next member of a concatenated file
+                continue
+            return b"".join(out), None
+        position += len(piece)
+    return b"".join(out), Cut(len(data), produced, "the compressed stream ends before its end marker")
 
 
 def html_to_text(html: str) -> str:
@@ -89,16 +124,40 @@ def kind_for_name(name: str) -> str:
     }.get(suffix, "text")
 
 
+RECORD_KINDS = ("jsonl", "fortune")  # files of many records: a cut loses only the records after it
+
+
 def extract(task: FileTask, data: bytes, max_chars: int) -> Iterator[dict[str, Any] | Quarantined]:
-    """Documents in one file. Never raises on bad content: it quarantines instead."""
+    """Documents in one file. Never raises on bad content: it quarantines instead.
+
+    A truncated or corrupt .gz/.bz2 file of records keeps every record that decompressed whole; the
+    tail from the last complete record on is quarantined (``truncated``) with its offsets. A file that
+    is one document is quarantined whole when it is cut.
+    """
     base = {"source": task.source, "license": task.license, "path": task.relpath, "lang_hint": task.lang_hint}
     doc_id = f"{task.source}:{task.relpath}"
-    try:
-        if task.kind != "mediawiki-bz2":
-            data, _ = _maybe_decompress(data, task.relpath)
-    except (OSError, EOFError, zlib.error) as exc:
-        yield Quarantined("unreadable", f"cannot decompress: {exc}", task.url, id=doc_id, source=task.source)
+    if task.kind == "unlistable":
+        yield Quarantined("unreadable", f"cannot list folder: {task.license}", task.url, id=doc_id, source=task.source)
         return
+    cut = None
+    if task.kind != "mediawiki-bz2":
+        data, cut = decompress_prefix(data, task.relpath)
+    if cut is not None:
+        where = (f"{cut.why} at compressed byte {cut.compressed_at} of {task.size}; "
+                 f"{cut.intact_bytes} bytes decompressed before it")
+        if task.kind not in RECORD_KINDS or not data:
+            yield Quarantined("truncated" if data else "unreadable", f"cannot decompress: {where}", task.url,
+                              id=doc_id, source=task.source)
+            return
+        separator = b"\n" if task.kind == "jsonl" else FORTUNE_SEPARATOR.encode()
+        end = data.rfind(separator)
+        keep = 0 if end < 0 else end + len(separator)
+        tail = data[keep:]
+        data = data[:keep]
+        yield Quarantined("truncated", f"{where}; the {len(tail)} bytes after the last complete record "
+                                       f"(decompressed offset {keep}) are quarantined", task.url,
+                          line=data.count(b"\n") + 1 if task.kind == "jsonl" else None, id=f"{doc_id}#tail",
+                          source=task.source, raw=tail.decode("utf-8", errors="replace")[:10_000])
 
     if task.kind in ("jsonl", "parquet"):
         records = iter_jsonl(io.BytesIO(data), task.url, max_chars) if task.kind == "jsonl" else \

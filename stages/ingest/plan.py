@@ -59,16 +59,23 @@ def demo_tasks(config: IngestConfig, seed: int) -> list[FileTask]:
     return tasks
 
 
+UNLISTABLE = "unlistable"  # a folder that could not be listed: quarantined as unreadable, never skipped
+
+
 def user_tasks(config: IngestConfig) -> list[FileTask]:
     tasks: list[FileTask] = []
     for entry in config.paths:
-        for url, rel, size in expand_path(entry):
-            tasks.append(FileTask(USER_SOURCE, url, rel, kind_for_name(rel), "unknown", None, size))
+        for url, rel, size, error in expand_path(entry):
+            if error is not None:  # the error rides in the license slot: a folder has no license
+                tasks.append(FileTask(USER_SOURCE, url, rel, UNLISTABLE, error, None, 0))
+            else:
+                tasks.append(FileTask(USER_SOURCE, url, rel, kind_for_name(rel), "unknown", None, size))
     return tasks
 
 
-def expand_path(entry: str) -> list[tuple[str, str, int]]:
-    """(url, relative name, size) of each file a user path names: file, folder, glob or fsspec URL."""
+def expand_path(entry: str) -> list[tuple[str, str, int, str | None]]:
+    """(url, relative name, size, None) of each file a user path names (file, folder, glob or fsspec URL),
+    and (url, relative name, 0, error) of each folder under it that could not be listed."""
     if "://" in entry and not entry.startswith("file://"):
         import fsspec
 
@@ -79,7 +86,7 @@ def expand_path(entry: str) -> list[tuple[str, str, int]]:
             files = fs.find(root, detail=True) if info["type"] == "directory" else {root: info}
             for path, detail in sorted(files.items()):
                 rel = os.path.relpath(path, root) if info["type"] == "directory" else os.path.basename(path)
-                out.append((fs.unstrip_protocol(path), rel, int(detail.get("size") or 0)))
+                out.append((fs.unstrip_protocol(path), rel, int(detail.get("size") or 0), None))
         if not out:
             raise StageError(f"ingest: {entry} matches no files")
         return out
@@ -89,14 +96,32 @@ def expand_path(entry: str) -> list[tuple[str, str, int]]:
     for match in matches:
         path = Path(match)
         if path.is_dir():
-            # symlinks too, dangling ones included: they are quarantined as unreadable, not lost
-            for file in sorted(p for p in path.rglob("*") if (p.is_file() or p.is_symlink()) and not p.name.startswith(".")):
-                out.append((str(file.absolute()), file.relative_to(path).as_posix(), _size(file)))
+            out += _walk(path)
         elif path.is_file() or path.is_symlink():
-            out.append((str(path.absolute()), path.name, _size(path)))
+            out.append((str(path.absolute()), path.name, _size(path), None))
     if not out:
         raise StageError(f"ingest: {entry} matches no files")
     return out
+
+
+def _walk(root: Path) -> list[tuple[str, str, int, str | None]]:
+    """Files under ``root`` (symlinks too, dangling ones and links to folders included: they are quarantined
+    as unreadable, not lost), and the folders that could not be listed, with the error."""
+    found = []
+
+    def unlistable(error: OSError) -> None:
+        folder = Path(error.filename)
+        found.append((str(folder.absolute()), folder.relative_to(root).as_posix() + "/", 0,
+                      f"{error.strerror or error}"))
+
+    for folder, dirs, files in os.walk(root, onerror=unlistable):
+        here = Path(folder)
+        links = [d for d in dirs if (here / d).is_symlink()]
+        for name in files + links:
+            if not name.startswith("."):
+                file = here / name
+                found.append((str(file.absolute()), file.relative_to(root).as_posix(), _size(file), None))
+    return sorted(found)
 
 
 def _size(path: Path) -> int:

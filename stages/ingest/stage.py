@@ -6,22 +6,25 @@ passes through it, so memory stays flat as the corpus grows.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from stages.core.contract import Stage, StageContext, StageInput, StageResult
-from stages.core.docio import Quarantined, append_jsonl, write_parquet
+from stages.core.docio import Quarantined, append_jsonl, read_documents, write_parquet
 from stages.core.progress import stage_progress
-from stages.core.ray_runtime import ensure_ray
+from stages.core.ray_runtime import ensure_ray, run_tasks
 from stages.core.shards import concatenate
+from stages.core.unique_ids import DUPLICATE_ID, IdLog, find_repeats, quarantine_record, remove_logs, repeated_rows
 from stages.ingest.config import IngestConfig
 from stages.ingest.extract import FileTask, extract
-from stages.ingest.plan import plan_digest, plan_files
+from stages.ingest.plan import UNLISTABLE, plan_digest, plan_files
 
 KEPT_DIR = "kept"
 QUARANTINE_PARTS = "_quarantine"
+MAX_LISTED_EMPTY = 100  # empty files named in the manifest; files.jsonl has them all
 
 
 def batch_tasks(tasks: list[FileTask], task_mb: float) -> list[list[FileTask]]:
@@ -50,47 +53,105 @@ def read_file(task: FileTask, max_bytes: int) -> bytes:
         return handle.read(max_bytes + 1)
 
 
+FILES_PARTS = "_files"
+FILES_TABLE = "files.jsonl"
+
+
 def extract_batch(index: int, batch: list[FileTask], out_dir: str, output_format: str,
                   max_chars: int, max_file_bytes: int) -> dict[str, Any]:
-    """Extract one batch into shard ``index``; return per-source stats (never the text)."""
+    """Extract one batch into shard ``index``; return per-source stats and the files that gave no document
+    (never the text). Each file's row goes to the per-file table; each document's id to the id log."""
     docs: list[dict[str, Any]] = []
     stats: dict[str, Counter] = defaultdict(Counter)
-    quarantine_path = Path(out_dir) / QUARANTINE_PARTS / f"part-{index:05d}.jsonl"
+    empty: list[str] = []
+    out = Path(out_dir)
+    quarantine_path = out / QUARANTINE_PARTS / f"part-{index:05d}.jsonl"
     quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(quarantine_path, "w", encoding="utf-8") as quarantine:
+    (out / FILES_PARTS).mkdir(exist_ok=True)
+    ids = IdLog(out, index)
+    with open(quarantine_path, "w", encoding="utf-8") as quarantine, \
+            open(out / FILES_PARTS / f"part-{index:05d}.jsonl", "w", encoding="utf-8") as files:
         for task in batch:
             source_stats = stats[task.source]
             source_stats["files"] += 1
             source_stats["bytes_in"] += task.size
-            try:
-                data = read_file(task, max_file_bytes)
-            except OSError as exc:
-                items: Any = [Quarantined("unreadable", f"cannot read: {exc.strerror or exc}", task.url,
-                                          id=f"{task.source}:{task.relpath}", source=task.source)]
-            else:
-                if len(data) > max_file_bytes:
-                    items = [Quarantined("too_large", f"file larger than {max_file_bytes} bytes", task.url,
-                                         id=f"{task.source}:{task.relpath}", source=task.source)]
-                else:
-                    items = extract(task, data, max_chars)
+            items = _file_items(task, max_chars, max_file_bytes)
+            row = {"source": task.source, "path": task.relpath, "url": task.url, "bytes": task.size, "docs": 0,
+                   "quarantined": 0, "reasons": Counter()}
             for item in items:
                 if isinstance(item, Quarantined):
                     source_stats["quarantined"] += 1
                     source_stats[f"quarantined.{item.reason}"] += 1
+                    row["quarantined"] += 1
+                    row["reasons"][item.reason] += 1
                     append_jsonl(quarantine, item.to_record())
                 else:
                     source_stats["docs"] += 1
                     source_stats["chars"] += len(item["text"])
                     source_stats["text_bytes"] += len(item["text"].encode("utf-8"))
+                    row["docs"] += 1
+                    ids.add(item["id"], len(docs), f"{task.url} document {row['docs']}", [task.source, task.url])
                     docs.append(item)
+            if not row["docs"] and not row["quarantined"]:
+                source_stats["empty_files"] += 1
+                empty.append(task.url)
+            append_jsonl(files, row)
+    ids.close()
     if docs:
         if output_format == "parquet":
-            write_parquet(Path(out_dir) / KEPT_DIR / f"part-{index:05d}.parquet", docs)
+            write_parquet(out / KEPT_DIR / f"part-{index:05d}.parquet", docs)
         else:
-            with open(Path(out_dir) / KEPT_DIR / f"part-{index:05d}.jsonl", "w", encoding="utf-8") as handle:
+            with open(out / KEPT_DIR / f"part-{index:05d}.jsonl", "w", encoding="utf-8") as handle:
                 for doc in docs:
                     append_jsonl(handle, doc)
-    return {source: dict(counter) for source, counter in stats.items()}
+    return {"per_source": {source: dict(counter) for source, counter in stats.items()}, "empty": empty}
+
+
+def _file_items(task: FileTask, max_chars: int, max_file_bytes: int):
+    if task.kind == UNLISTABLE:  # a folder that could not be listed: extract says so
+        return extract(task, b"", max_chars)
+    try:
+        data = read_file(task, max_file_bytes)
+    except OSError as exc:
+        return [Quarantined("unreadable", f"cannot read: {exc.strerror or exc}", task.url,
+                            id=f"{task.source}:{task.relpath}", source=task.source)]
+    if len(data) > max_file_bytes:
+        return [Quarantined("too_large", f"file larger than {max_file_bytes} bytes", task.url,
+                            id=f"{task.source}:{task.relpath}", source=task.source)]
+    return extract(task, data, max_chars)
+
+
+def task_drop_repeats(index: int, out_dir: str, output_format: str) -> dict[str, dict[str, Any]]:
+    """Rewrite kept shard ``index`` without its repeated ids (quarantined as duplicate_id); the counts that
+    moved from kept to quarantined, per source and per file."""
+    out = Path(out_dir)
+    repeats = repeated_rows(out, index)
+    suffix = "parquet" if output_format == "parquet" else "jsonl"
+    part = out / KEPT_DIR / f"part-{index:05d}.{suffix}"
+    docs = [d for d in read_documents(part) if isinstance(d, dict)]
+    moved: dict[str, Counter] = defaultdict(Counter)
+    per_file: Counter = Counter()
+    kept = []
+    with open(out / QUARANTINE_PARTS / f"part-{index:05d}.jsonl", "a", encoding="utf-8") as quarantine:
+        for row, doc in enumerate(docs):
+            if row not in repeats:
+                kept.append(doc)
+                continue
+            append_jsonl(quarantine, quarantine_record(doc, repeats[row]))
+            source, url = repeats[row].tag
+            per_file[url] += 1
+            counter = moved[source]
+            counter["docs"] += 1
+            counter["chars"] += len(doc["text"])
+            counter["text_bytes"] += len(doc["text"].encode("utf-8"))
+    part.unlink()
+    if kept and output_format == "parquet":
+        write_parquet(part, kept)
+    elif kept:
+        with open(part, "w", encoding="utf-8") as handle:
+            for doc in kept:
+                append_jsonl(handle, doc)
+    return {"per_source": {source: dict(counter) for source, counter in moved.items()}, "per_file": dict(per_file)}
 
 
 class IngestStage(Stage):
@@ -143,17 +204,22 @@ class IngestStage(Stage):
             for i, batch in enumerate(batches)
         }
         per_source: dict[str, Counter] = defaultdict(Counter)
+        empty: list[str] = []
         with stage_progress("ingest: extracting", total=total_bytes, unit="B") as advance:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     batch = pending.pop(ref)
-                    for source, stats in ray.get(ref).items():
+                    result = ray.get(ref)
+                    for source, stats in result["per_source"].items():
                         per_source[source].update(stats)
+                    if len(empty) < MAX_LISTED_EMPTY:
+                        empty += result["empty"][:MAX_LISTED_EMPTY - len(empty)]
                     advance(sum(task.size for task in batch))
         elapsed = max(time.time() - started, 1e-9)
+        repeated = self._drop_repeated_ids(out, len(batches), config, per_source)
 
-        self._finish_outputs(out, config.output_format)
+        self._finish_outputs(out, config.output_format, len(batches), repeated)
         kept = sum(c["docs"] for c in per_source.values())
         quarantined = sum(c["quarantined"] for c in per_source.values())
         reasons = Counter()
@@ -162,6 +228,7 @@ class IngestStage(Stage):
         text_bytes = sum(c["text_bytes"] for c in per_source.values())
         metrics: dict[str, float] = {
             "files": len(tasks),
+            "files_empty": sum(c["empty_files"] for c in per_source.values()),
             "input_mb": total_bytes / 1e6,
             "text_mb": text_bytes / 1e6,
             "extract_mb_per_s": total_bytes / 1e6 / elapsed,
@@ -178,16 +245,55 @@ class IngestStage(Stage):
             counts={"in": kept + quarantined, "kept": kept, "removed": 0, "quarantined": quarantined},
             metrics=metrics,
             details={"per_source": {s: dict(c) for s, c in sorted(per_source.items())},
-                     "quarantine_reasons": dict(reasons)},
-            outputs={"docs": kept_name, "removed": "removed.jsonl", "quarantined": "quarantined.jsonl"},
+                     "quarantine_reasons": dict(reasons),
+                     "files": {"read": len(tasks), "table": FILES_TABLE,
+                               "empty": sum(c["empty_files"] for c in per_source.values()),
+                               "empty_listed": empty}},
+            outputs={"docs": kept_name, "removed": "removed.jsonl", "quarantined": "quarantined.jsonl",
+                     "files": FILES_TABLE},
         )
 
     @staticmethod
-    def _finish_outputs(out: Path, output_format: str) -> None:
-        """Concatenate per-task quarantine parts (and JSONL shards) in shard order."""
-        concatenate(sorted((out / QUARANTINE_PARTS).glob("part-*.jsonl")), out / "quarantined.jsonl")
-        if (out / QUARANTINE_PARTS).exists():
-            (out / QUARANTINE_PARTS).rmdir()
+    def _drop_repeated_ids(out: Path, parts: int, config: IngestConfig, per_source: dict[str, Counter]) -> Counter:
+        """The second and later documents with one id are quarantined (``duplicate_id``), across all files;
+        returns how many each file lost that way."""
+        options = {"num_cpus": config.task_cpus, "max_retries": 2}
+        repeats = find_repeats(out, parts, options, "ingest")
+        per_file: Counter = Counter()
+        if repeats:
+            moved = run_tasks("ingest: drop repeated ids", task_drop_repeats,
+                              [(i, str(out), config.output_format) for i in sorted(repeats)], options)
+            for result in moved:
+                per_file.update(result["per_file"])
+                for source, counter in result["per_source"].items():
+                    stats = per_source[source]
+                    stats.subtract(counter)
+                    stats["quarantined"] += counter["docs"]
+                    stats[f"quarantined.{DUPLICATE_ID}"] += counter["docs"]
+        remove_logs(out)
+        return per_file
+
+    @staticmethod
+    def _finish_outputs(out: Path, output_format: str, parts: int, repeated: Counter) -> None:
+        """Concatenate per-task quarantine parts, file tables (and JSONL shards) in shard order; a file's row
+        counts the documents it lost to a repeated id as quarantined."""
+        concatenate([out / QUARANTINE_PARTS / f"part-{i:05d}.jsonl" for i in range(parts)], out / "quarantined.jsonl")
+        with open(out / FILES_TABLE, "w", encoding="utf-8") as table:
+            for i in range(parts):
+                part = out / FILES_PARTS / f"part-{i:05d}.jsonl"
+                with open(part, encoding="utf-8") as handle:
+                    for line in handle:
+                        row = json.loads(line)
+                        lost = repeated.get(row["url"], 0)
+                        if lost:
+                            row["docs"] -= lost
+                            row["quarantined"] += lost
+                            row["reasons"][DUPLICATE_ID] = row["reasons"].get(DUPLICATE_ID, 0) + lost
+                        append_jsonl(table, row)
+                part.unlink()
+        for folder in (QUARANTINE_PARTS, FILES_PARTS):
+            if (out / folder).exists():
+                (out / folder).rmdir()
         (out / "removed.jsonl").write_text("", encoding="utf-8")
         if output_format == "jsonl":
             concatenate(sorted((out / KEPT_DIR).glob("part-*.jsonl")), out / "kept.jsonl")

@@ -15,7 +15,7 @@ from stages.core.contract import Stage, StageContext, StageResult
 from stages.core.docio import append_jsonl
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray, run_tasks
-from stages.core.shards import assemble_outputs, iter_shard, read_shard, shard_input
+from stages.core.shards import assemble_outputs, drop_repeated_ids, iter_shard, read_shard, shard_input
 from stages.core.tracking import find_registered, register_artifact
 from stages.quality import classifier as clf
 from stages.quality.config import QualityConfig
@@ -68,9 +68,10 @@ class QualityStage(Stage):
         out = ctx.output_dir
         work = out / "_work"
         sharded = shard_input(ctx.inputs["docs"].path, work, cfg.shard_docs, cfg.max_doc_chars, out / "quarantined.jsonl")
-        shards = [str(s) for s in sharded.shards]
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
         remote_opts = {"num_cpus": cfg.task_cpus, "max_retries": 3}
+        sharded = drop_repeated_ids(sharded, work, out / "quarantined.jsonl", remote_opts, "quality")
+        shards = [str(s) for s in sharded.shards]
         metrics: dict[str, float] = {}
         details: dict[str, Any] = {}
         model_path, source = self._classifier(ctx, cfg, shards, remote_opts, metrics, details)

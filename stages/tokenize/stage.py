@@ -19,7 +19,7 @@ import numpy as np
 from stages.core.contract import Stage, StageContext, StageInput, StageResult
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
-from stages.core.shards import iter_shard, shard_input
+from stages.core.shards import drop_repeated_ids, iter_shard, shard_input
 from stages.core.tracking import register_artifact
 from stages.tokenize import bpe
 from stages.tokenize.config import TokenizeConfig
@@ -155,11 +155,13 @@ class TokenizeStage(Stage):
         timings: dict[str, float] = {}
         sharded = shard_input(ctx.inputs["docs"].path, work, cfg.shard_docs, cfg.max_doc_chars,
                               out / "quarantined.jsonl")
-        shards = [str(s) for s in sharded.shards]
-        if not shards:
+        if not sharded.shards:
             raise StageError("tokenize: the input has no documents to tokenize")
 
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
+        sharded = drop_repeated_ids(sharded, work, out / "quarantined.jsonl",
+                                    {"num_cpus": cfg.actor_cpus, "max_retries": 3}, "tokenize")
+        shards = [str(s) for s in sharded.shards]
         cpus = ray.available_resources().get("CPU", 1.0)
         n_actors = cfg.num_actors or max(1, min(len(shards), int(cpus // cfg.actor_cpus)))
         actor_cls = ray.remote(TokenizerActor).options(num_cpus=cfg.actor_cpus, max_restarts=1, max_task_retries=2)

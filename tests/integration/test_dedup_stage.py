@@ -35,6 +35,7 @@ def _planted_corpus(tmp_path):
     broken = [
         "this line is not json",
         json.dumps({"id": "no-text"}),
+        json.dumps({"id": docs[3]["id"], "text": REUSED}),  # an id used again, shards later
         json.dumps({"id": "number-text", "text": 12}),
         json.dumps({"id": "huge", "text": "x " * 10_500_000}),
     ]
@@ -43,7 +44,10 @@ def _planted_corpus(tmp_path):
         for line in lines[:50] + broken[:2] + lines[50:] + broken[2:]:
             handle.write(line.encode() + b"\n")
         handle.write(b'{"id": "bad-utf8", "text": "\xff\xfe oops"}\n')
-    return path, planted, len(lines), 5
+    return path, planted, len(lines), 6
+
+
+REUSED = "another text under an id that an earlier record already used"
 
 
 def _jsonl(path):
@@ -59,8 +63,10 @@ def test_standalone_dedup_contract(home, tmp_path):
     kept, removed, quarantined = (_jsonl(out / f) for f in ("kept.jsonl", "removed.jsonl", "quarantined.jsonl"))
     assert summary["counts"] == {"in": valid + broken, "kept": len(kept), "removed": len(removed),
                                  "quarantined": broken}
-    assert sorted(q["reason"] for q in quarantined) == ["bad_encoding", "bad_json", "bad_text_type", "no_text",
-                                                        "too_large"]
+    assert sorted(q["reason"] for q in quarantined) == ["bad_encoding", "bad_json", "bad_text_type", "duplicate_id",
+                                                        "no_text", "too_large"]
+    reused = [q for q in quarantined if q["reason"] == "duplicate_id"][0]
+    assert f"{path} record 4" in reused["detail"] and reused["origin"].startswith(str(path))
     ids = [d["id"] for d in kept] + [d["id"] for d in removed]
     assert len(ids) == len(set(ids)) == valid  # every valid record exactly once
     by_id = {d["id"]: d for d in removed}
@@ -78,7 +84,8 @@ def test_standalone_dedup_contract(home, tmp_path):
 
     # the Ray stage decides exactly what the in-process core decides
     valid_docs = [json.loads(line) for line in path.read_bytes().splitlines()
-                  if line.startswith(b"{") and b'"text": "' in line and b"\xff" not in line and len(line) < 10**6]
+                  if line.startswith(b"{") and b'"text": "' in line and b"\xff" not in line and len(line) < 10**6
+                  and REUSED.encode() not in line]
     core = dedup_documents(valid_docs, DedupConfig(boilerplate_min_docs=5))
     expected = {d["id"]: REASONS.get(int(s), "kept") for d, s in zip(valid_docs, core.status)}
     actual = {**{d["id"]: "kept" for d in kept}, **{d["id"]: d["reason"] for d in removed}}

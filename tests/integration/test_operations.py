@@ -5,6 +5,7 @@ resume it, and gc. The runs share one throw-away LMFORGE_HOME, in file order."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_cancel_a_running_pipeline_then_resume_it(ops):
     client = ops["client"]
     proc = subprocess.Popen([LMFORGE, "run", *ops["base"], "--until", "tokenize"], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**__import__("os").environ, **ops["env"]})
+                            env={**os.environ, **ops["env"]})
     try:
         running, ray_procs, deadline = None, [], time.time() + 300
         while not (running and ray_procs) and time.time() < deadline:  # ingest and dedup are cached
@@ -125,22 +126,85 @@ def test_cancel_a_running_pipeline_then_resume_it(ops):
     assert client.get_run(resumed["pipeline_run_id"]).info.status == "FINISHED"
 
 
-def test_gc_frees_what_nothing_needs_and_the_cache_recomputes_it(ops):
-    a, client = ops["a"], ops["client"]
+def _model_run(ops, pipeline: dict, folder: Path, promote: bool) -> tuple[str, str]:
+    """A quantize-like stage run of ``pipeline`` that registers a real model folder as lmforge-tiny-lm
+    (promoted to production through the gate's own function when asked); (run id, version)."""
+    from stages.core.tracking import Tracker, register_artifact
+    from stages.deploy import promotion
+
+    tracker = Tracker("tiny", ops["client"].tracking_uri)
+    run_id = tracker.start_run("quantize", {"lmforge.stage": "quantize", "lmforge.complete": "true"},
+                               parent_run_id=pipeline["pipeline_run_id"])
+    tracker.client.log_artifacts(run_id, str(folder), "int8")
+    tracker.finish(run_id)
+    name = promotion.registry_name("tiny")
+    version = register_artifact(tracker, name, run_id, "int8", "latest-quantized")
+    if promote:
+        current = promotion.production_version(tracker.client, name)
+        promotion.promote(tracker.client, name, version, str(current.version) if current else None)
+    return run_id, version
+
+
+def test_gc_frees_what_nothing_needs_and_never_a_served_model(ops, tmp_path):
+    from tests.conftest import free_port, make_tiny_model
+
+    a, b, client = ops["a"], ops["b"], ops["client"]
+    model = make_tiny_model(tmp_path / "model")
+    # production (v2) and its rollback target (v1) live in the two oldest pipeline runs; v3, refused by the
+    # gate, is the newest version; newer pipeline runs (rerun, cancelled, resumed) came after all of them
+    v1_run, _ = _model_run(ops, a, model, promote=True)
+    v2_run, v2 = _model_run(ops, b, model, promote=True)
+    v3_run, _ = _model_run(ops, a, model, promote=False)
+    assert str(client.get_model_version_by_alias("lmforge-tiny-lm", "production").version) == v2
+    for keep in ("0", "-1"):
+        bad = run_cli(["gc", "--keep", keep], env=ops["env"], check=False)
+        assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--keep" in bad.stderr
+
     dry = cli(ops, ["gc", "--keep", "1", "--dry-run"])
     assert dry["would_free_bytes"] > 0 and dry["freed_bytes"] == 0
     old_dedup = a["stages"]["dedup"]
     old_path = Path(client.get_run(old_dedup).info.artifact_uri.removeprefix("file://"))
     assert old_path.exists()
     done = cli(ops, ["gc", "--keep", "1"])
+    assert done["items"] == dry["items"]  # the dry run lists exactly what the real run removes
     assert done["freed_bytes"] == dry["would_free_bytes"] and old_dedup in done["removed_runs"]
     assert not old_path.exists() and client.get_run(old_dedup).info.lifecycle_stage == "deleted"
+    for kept in (v1_run, v2_run, v3_run):  # production, its rollback target, the newest version
+        assert kept not in done["removed_runs"]
+        assert Path(client.get_run(kept).info.artifact_uri.removeprefix("file://"), "int8", "config.json").exists()
     latest = client.search_runs([experiment(client)], filter_string="tags.`lmforge.kind` = 'pipeline'",
                                 order_by=["attributes.start_time DESC"], max_results=1)[0]
     for run_id in [p.split("=")[1] for p in latest.data.tags["lmforge.stage_runs"].split(",")]:
         assert run_id not in done["removed_runs"]  # the most recent pipeline run keeps everything it used
     # run b's dedup was used by b alone, so it went: asking for it again recomputes it (no dangling cache hit)
     assert ops["b"]["stages"]["dedup"] in done["removed_runs"]
+
+    port = free_port()
+    server = subprocess.Popen([LMFORGE, "serve", "--model", "models:/lmforge-tiny-lm@production", "--port", str(port),
+                                "--threads", "1"], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                              stderr=open(tmp_path / "serve.log", "w"), env={**os.environ, **ops["env"]})
+    try:
+        started = {}
+        for line in server.stdout:  # the JSON line comes once the app answers /health
+            if line.startswith("{"):
+                started = json.loads(line)
+                break
+        assert started, (tmp_path / "serve.log").read_text()[-3000:]
+        assert started["version"] == v2
+        import httpx
+
+        answer = httpx.post(f"{started['url']}/chat/completions", timeout=120, json={
+            "model": "lmforge-tiny-lm", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    rolled = cli(ops, ["rollback", "--config", str(TINY)])
+    assert rolled == {"model": "lmforge-tiny-lm", "from": v2, "to": "1"}
+    generated = run_cli(["generate", "--model", "models:/lmforge-tiny-lm@production", "--prompt", "Hi",
+                         "--max-tokens", "3"], env=ops["env"])
+    assert json.loads(generated.stderr.strip().splitlines()[-1])["version"] == "1"
+
     again = cli(ops, ["run", *ops["base"], "--until", "dedup", "--set", "dedup.threshold=0.85"])
     assert again["cache_hits"] == ["ingest"] and again["stages"]["dedup"] != ops["b"]["stages"]["dedup"]
     assert cli(ops, ["gc", "--keep", "1", "--dry-run"])["would_free_bytes"] >= 0

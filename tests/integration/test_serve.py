@@ -128,6 +128,15 @@ def test_concurrent_requests_are_batched(served):
     (json.dumps({"model": NAME, "prompt": ""}).encode(), 400, "prompt"),
     (json.dumps({"model": NAME}).encode(), 400, "prompt"),
     (json.dumps({"model": NAME, "prompt": "x" * 70000}).encode(), 413, None),
+    (json.dumps({"model": NAME, "prompt": "x", "seed": 2**64}).encode(), 400, "seed"),
+    (json.dumps({"model": NAME, "prompt": "x", "seed": 2**70}).encode(), 400, "seed"),
+    (json.dumps({"model": NAME, "prompt": "x", "seed": -1}).encode(), 400, "seed"),
+    (json.dumps({"model": NAME, "prompt": "x", "stop": 5}).encode(), 400, "stop"),
+    (json.dumps({"model": NAME, "prompt": "x", "logprobs": 2}).encode(), 400, "logprobs"),
+    (json.dumps({"model": NAME, "prompt": "x", "echo": True}).encode(), 400, "echo"),
+    (json.dumps({"model": NAME, "prompt": "x", "temprature": 0}).encode(), 400, "temprature"),
+    (json.dumps({"model": NAME, "prompt": "x", "stream_options": {"include_usage": "y"}}).encode(), 400,
+     "stream_options.include_usage"),
 ])
 def test_bad_completion_requests_get_openai_errors(served, raw, status, param):
     response = httpx.post(f"{served['url']}/v1/completions", content=raw,
@@ -145,10 +154,115 @@ def test_bad_completion_requests_get_openai_errors(served, raw, status, param):
     ({"model": NAME, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"model": NAME, "messages": [{"role": "user"}]}, "messages.0.content"),
     ({"model": NAME, "messages": "hello"}, "messages"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}, "top_logprobs"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "stop": [""]}, "stop"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}],
+      "response_format": {"type": "json_object"}}, "response_format"),
+    ({"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+      "max_completion_tokens": 5}, "max_completion_tokens"),
 ])
 def test_bad_chat_requests_get_openai_errors(served, body, param):
     response = httpx.post(f"{served['url']}/v1/chat/completions", json=body, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+def test_a_seed_at_the_top_of_its_range_and_neutral_fields_are_served(served):
+    body = {"model": NAME, "prompt": "x", "max_tokens": 2, "seed": 2**63 - 1, "n": 2, "temperature": 1.0,
+            "logprobs": None, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "user": "u1"}
+    response = httpx.post(f"{served['url']}/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200 and len(response.json()["choices"]) == 2
+    chat = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "logprobs": False,
+            "max_completion_tokens": 3, "ignore_eos": True}
+    answer = httpx.post(f"{served['url']}/v1/chat/completions", json=chat, timeout=60).json()
+    assert answer["usage"]["completion_tokens"] == 3  # max_completion_tokens is honoured
+
+
+@pytest.mark.parametrize("route", ["completions", "chat/completions"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_and_answer_beyond_the_context_is_refused(served, route, stream):
+    from transformers import AutoConfig
+
+    context = AutoConfig.from_pretrained(str(served["model_dir"])).max_position_embeddings
+    words = " ".join(["package"] * (context + 10))  # more tokens than the model has positions
+    body = {"model": NAME, "max_tokens": 8, "stream": stream}
+    body.update({"prompt": words} if route == "completions" else {"messages": [{"role": "user", "content": words}]})
+    response = httpx.post(f"{served['url']}/v1/{route}", json=body, timeout=60)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and f"maximum context length is {context} tokens" in error["message"]
+    assert error["param"] == ("prompt" if route == "completions" else "messages")
+    # a prompt a few tokens short of the context: an answer that fills the context exactly fits, one more does not
+    prompt, used = _prompt_of(served["model_dir"], context - 10, chat=route != "completions")
+    near = {"model": NAME, "stream": stream, "ignore_eos": True, **prompt}
+    fits = httpx.post(f"{served['url']}/v1/{route}", json={**near, "max_tokens": context - used}, timeout=60)
+    assert fits.status_code == 200
+    too_far = httpx.post(f"{served['url']}/v1/{route}", json={**near, "max_tokens": context - used + 1}, timeout=60)
+    assert too_far.status_code == 400 and too_far.json()["error"]["code"] == "context_length_exceeded"
+    assert f"requested {context + 1} tokens ({used} in the" in too_far.json()["error"]["message"]
+
+
+def _prompt_of(model_dir, tokens: int, chat: bool) -> tuple[dict, int]:
+    """A completion prompt or chat messages of about ``tokens`` prompt tokens (at most that), and the count."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    vocab = [t for t in tok(" the package manager installs files on Debian systems", add_special_tokens=False)
+             ["input_ids"]]
+
+    def count(text: str) -> int:
+        if chat:
+            text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                           add_generation_prompt=True)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    ids: list[int] = []
+    while count(tok.decode(ids + [vocab[len(ids) % len(vocab)]])) <= tokens:
+        ids.append(vocab[len(ids) % len(vocab)])
+    text = tok.decode(ids)
+    return ({"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}), count(text)
+
+
+def test_streamed_usage_when_asked(served):
+    oa = client(served["url"])
+    chunks = list(oa.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hello"}],
+                                             max_tokens=5, temperature=0, stream=True,
+                                             stream_options={"include_usage": True},
+                                             extra_body={"ignore_eos": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_unknown_paths_and_methods_answer_in_openai_shape(served):
+    url = served["url"]
+    missing = httpx.post(f"{url}/v1/embeddings", json={"model": NAME, "input": "x"}, timeout=30)
+    assert missing.status_code == 404 and set(missing.json()) == {"error"}
+    assert "POST /v1/embeddings" in missing.json()["error"]["message"]
+    wrong = httpx.get(f"{url}/v1/completions", timeout=30)
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in wrong.headers["allow"]
+
+
+def test_a_model_that_cannot_load_fails_fast_with_its_reason(served, tmp_path):
+    import time
+
+    from stages.core.errors import StageError
+    from stages.core.ray_runtime import ensure_ray
+    from stages.deploy import serving
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama", "vocab_size": "many"}')
+    serving.stop()
+    ensure_ray(num_cpus=2)
+    started = time.time()
+    try:
+        with pytest.raises(StageError, match="could not load"):
+            serving.start(broken, NAME, port=served["port"], threads=1, timeout_s=120)
+        assert time.time() - started < 90  # the reason comes back, not a timeout
+    finally:
+        serving.start(served["model_dir"], NAME, port=served["port"], limits={"max_tokens": 64, "max_n": 3},
+                      threads=1, max_batch_size=8, batch_wait_s=0.05)
 
 
 def test_api_key_when_configured(served):

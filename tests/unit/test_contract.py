@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from stages.core.atomic import atomic_output_dir, atomic_write_text
 from stages.core.codehash import code_hash, source_files
 from stages.core.contract import Stage, StageConfig, StageContext, StageInput, StageResult
 from stages.core.digests import combined_digest, sha256_file, tree_digests
-from stages.core.errors import StageError
+from stages.core.errors import ConfigError, StageError
 from stages.core.manifest import read_manifest
 from stages.core.runner import cache_key, check_invariant, execute_stage, input_from_path
 
@@ -82,12 +83,41 @@ def test_atomic_output_dir_keeps_previous_result_when_writer_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp dir left behind
 
 
-def test_atomic_write_text_replaces_whole_file(tmp_path):
+def test_atomic_write_text_replaces_whole_file_with_the_mode_of_its_siblings(tmp_path):
     path = tmp_path / "m.json"
     atomic_write_text(path, "first")
     atomic_write_text(path, "second")
     assert path.read_text() == "second"
     assert len(list(tmp_path.iterdir())) == 1
+    sibling = tmp_path / "kept.jsonl"
+    sibling.write_text("x")
+    assert path.stat().st_mode & 0o777 == sibling.stat().st_mode & 0o777  # not mkstemp's 0600
+
+
+def test_a_killed_writers_temp_dir_is_found_and_removed_by_the_next_write(tmp_path, monkeypatch):
+    """A process SIGKILLed inside ``atomic_output_dir`` leaves its temp dir; the registry (what gc reads) and
+    the next write into the same folder both see that its owner is gone, and a live writer's is left alone."""
+    import subprocess
+    import sys
+
+    from stages.core.atomic import registered_stale_temps, stale_temps
+
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))
+    final = tmp_path / "out"
+    code = ("import os, signal, sys; from pathlib import Path; from stages.core.atomic import atomic_output_dir\n"
+            "with atomic_output_dir(Path(sys.argv[1])) as tmp:\n"
+            "    (tmp / '_work').mkdir(); (tmp / '_work' / 'shard').write_text('x' * 1000)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    died = subprocess.run([sys.executable, "-c", code, str(final)], env={**os.environ}, cwd=Path(__file__).parents[2])
+    assert died.returncode == -9
+    [left] = [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-") and p.is_dir()]
+    assert (left / "_work" / "shard").exists()
+    assert stale_temps(tmp_path) == [left] and registered_stale_temps() == [left]
+    with atomic_output_dir(final) as tmp:
+        assert stale_temps(tmp_path) == []  # our own temp dir is live, not stale
+        (tmp / "result.txt").write_text("good")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "out"]
+    assert registered_stale_temps() == [] and not list((tmp_path / "home" / "run" / "partial").iterdir())
 
 
 def test_execute_stage_writes_manifest_with_digests_counts_and_environment(tmp_path):
@@ -124,9 +154,10 @@ def test_invariant_violation_is_an_error():
         check_invariant("s", {"in": 3, "kept": 1, "removed": 1, "quarantined": 0})
 
 
-def test_missing_input_names_the_path(tmp_path):
-    with pytest.raises(StageError, match="does not exist"):
+def test_missing_input_names_the_path_and_is_a_bad_argument(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist") as raised:
         input_from_path("docs", tmp_path / "nope.jsonl")
+    assert raised.value.exit_code == 2
 
 
 def test_stage_input_digest_uses_upstream_manifest(tmp_path):

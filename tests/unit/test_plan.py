@@ -42,8 +42,8 @@ def test_user_paths_expand_dirs_and_globs(tmp_path):
     (tmp_path / "a.txt").write_text("a")
     (tmp_path / "sub" / "b.jsonl").write_text('{"text": "b"}\n')
     (tmp_path / ".hidden").write_text("h")
-    assert [rel for _, rel, _ in expand_path(str(tmp_path))] == ["a.txt", "sub/b.jsonl"]
-    assert [rel for _, rel, _ in expand_path(str(tmp_path / "**" / "*.jsonl"))] == ["b.jsonl"]
+    assert [rel for _, rel, _, _ in expand_path(str(tmp_path))] == ["a.txt", "sub/b.jsonl"]
+    assert [rel for _, rel, _, _ in expand_path(str(tmp_path / "**" / "*.jsonl"))] == ["b.jsonl"]
     with pytest.raises(StageError, match="matches no files"):
         expand_path(str(tmp_path / "*.parquet"))
 
@@ -74,7 +74,7 @@ def test_fsspec_urls_are_listed_and_read():
     fs.pipe("/corpus/a.jsonl", b'{"id": "m1", "text": "from memory"}\n')
     fs.pipe("/corpus/sub/b.txt", b"second file")
     listed = expand_path("memory://corpus")
-    assert [(rel, size) for _, rel, size in listed] == [("a.jsonl", 36), ("sub/b.txt", 11)]
+    assert [(rel, size, error) for _, rel, size, error in listed] == [("a.jsonl", 36, None), ("sub/b.txt", 11, None)]
     url = listed[1][0]
     assert url.startswith("memory://")
     from stages.ingest.extract import FileTask

@@ -94,3 +94,43 @@ def test_stop_string_and_max_tokens(engine):
     text, finish, _ = engine.complete([GenRequest(prompt, 12, temperature=0, ignore_eos=True, stop=[cut])])[0]
     assert finish == "stop" and text == free[:free.find(cut)]
     assert engine.complete([GenRequest(prompt, 3, temperature=0, ignore_eos=True)])[0][1:] == ("length", 3)
+
+
+def test_the_server_answers_health_at_once_while_its_model_loads(tmp_path, monkeypatch):
+    """The replica's model loads beside its event loop: /health is 503 "loading" (and requests 503) until the
+    weights are in, then 200; a model that cannot load is reported as such, never waited for."""
+    import json
+    import threading
+
+    from stages.deploy import app
+
+    folder = make_tiny_model(tmp_path / "model")
+    release = threading.Event()
+    real_load = app.load_model
+
+    def slow_load(model_dir, threads=None):
+        release.wait(60)
+        return real_load(model_dir, threads)
+
+    monkeypatch.setattr(app, "load_model", slow_load)
+    server_class = app.LMServer
+    server = server_class(str(folder), "m", threads=1)
+    loading = server.health()
+    assert loading.status_code == 503 and json.loads(loading.body)["status"] == "loading"
+    assert json.loads(server._not_ready().body)["error"]["code"] == "model_loading"
+    release.set()
+    for _ in range(600):
+        if server.scheduler is not None:
+            break
+        threading.Event().wait(0.1)
+    assert server.health() == {"status": "ok", "model": "m"} and server.context == 256
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    failed = server_class(str(broken), "m", threads=1)
+    for _ in range(600):
+        if failed.load_error:
+            break
+        threading.Event().wait(0.1)
+    answer = json.loads(failed.health().body)
+    assert answer["status"] == "failed" and answer["reason"]
