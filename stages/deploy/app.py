@@ -41,7 +41,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if exc.status_code == 404:
         return _error(404, f"Invalid URL ({where}): no such route", code="not_found")
     if exc.status_code == 405:
-        allowed = (exc.headers or {}).get("allow", "")
+        allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
         response = _error(405, f"Method not allowed ({where}); allowed: {allowed or 'none'}",
                           code="method_not_allowed")
         if allowed:

@@ -243,8 +243,12 @@ def test_unknown_paths_and_methods_answer_in_openai_shape(served):
     assert "POST" in wrong.headers["allow"]
 
 
-def test_a_model_that_cannot_load_fails_fast_with_its_reason(served, tmp_path):
+def test_a_model_that_cannot_load_fails_fast_then_the_api_key_when_configured(served, tmp_path):
+    """Two restarts of the app in one test (each costs a replica start): a model folder that cannot load is
+    reported with its reason, not waited for; then the app with an API key."""
     import time
+
+    from openai import AuthenticationError
 
     from stages.core.errors import StageError
     from stages.core.ray_runtime import ensure_ray
@@ -256,22 +260,9 @@ def test_a_model_that_cannot_load_fails_fast_with_its_reason(served, tmp_path):
     serving.stop()
     ensure_ray(num_cpus=2)
     started = time.time()
-    try:
-        with pytest.raises(StageError, match="could not load"):
-            serving.start(broken, NAME, port=served["port"], threads=1, timeout_s=120)
-        assert time.time() - started < 90  # the reason comes back, not a timeout
-    finally:
-        serving.start(served["model_dir"], NAME, port=served["port"], limits={"max_tokens": 64, "max_n": 3},
-                      threads=1, max_batch_size=8, batch_wait_s=0.05)
-
-
-def test_api_key_when_configured(served):
-    from openai import AuthenticationError
-
-    from stages.deploy import serving
-
-    serving.stop()
-    from stages.core.ray_runtime import ensure_ray
+    with pytest.raises(StageError, match="could not load"):
+        serving.start(broken, NAME, port=served["port"], threads=1, timeout_s=120)
+    assert time.time() - started < 90  # the reason came back, not the timeout
 
     ensure_ray(num_cpus=2)
     url = serving.start(served["model_dir"], NAME, port=served["port"], api_key="sekret", threads=1)
