@@ -19,6 +19,14 @@ from pathlib import Path
 from typing import Any
 
 CHECKPOINT_MARKER = "lmforge_checkpoint.json"
+FILE_LIST = "lmforge_files_rank{rank}.json"  # each rank's files and sizes, written last
+
+
+def write_file_list(folder: Path, rank: int) -> None:
+    """What this rank put into its checkpoint folder, with sizes: Ray Train copies the folder into storage file by
+    file, with no rename at the end, so a reader knows a copy is whole only by finding every file at its size."""
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    (folder / FILE_LIST.format(rank=rank)).write_text(json.dumps(files))
 SAVE_CHECK = "save_check.npz"
 TRAIN_LOG = "train_log.jsonl"
 MODEL_DIR = "model"
@@ -257,6 +265,7 @@ def train_worker(job: dict[str, Any]) -> None:
                 (Path(folder) / CHECKPOINT_MARKER).write_text(json.dumps(
                     {"step": step, "tag": tag, "world_size": world, "zero_stage": cfg.distributed.zero_stage,
                      "final": final}))
+            write_file_list(Path(folder), rank)
             losses = [h["loss"] for h in logger.history if "loss" in h]
             ray.train.report({"step": step, "loss": losses[-1] if losses else float("nan")},
                              checkpoint=Checkpoint.from_directory(folder))

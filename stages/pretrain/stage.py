@@ -17,7 +17,7 @@ from stages.core.ray_runtime import ensure_ray
 from stages.core.tracking import register_artifact
 from stages.pretrain.config import PretrainConfig
 from stages.pretrain.distributed import scaling_config, train_env
-from stages.pretrain.loop import CHECKPOINT_MARKER, MODEL_DIR, SAVE_CHECK, TRAIN_LOG, train_worker
+from stages.pretrain.loop import CHECKPOINT_MARKER, FILE_LIST, MODEL_DIR, SAVE_CHECK, TRAIN_LOG, train_worker
 from stages.pretrain.plots import write_loss_curve
 
 LOSS_PLOT = "loss_curve.png"
@@ -28,21 +28,28 @@ def registry_name(pipeline: str) -> str:
 
 
 def latest_checkpoint(run_dir: Path, world: int) -> Path | None:
-    """The newest complete checkpoint of an interrupted run: marker written and every rank's shard there."""
+    """The newest complete checkpoint of an interrupted run: its marker readable and every rank's files there at
+    the sizes that rank listed (a checkpoint still being copied into storage, or cut by a kill, is skipped)."""
     best, best_step = None, -1
     for folder in run_dir.glob("checkpoint_*"):
-        marker = folder / CHECKPOINT_MARKER
-        if not marker.exists():
-            continue
-        meta = json.loads(marker.read_text())
-        tag = folder / meta["tag"]
-        if meta["zero_stage"] > 0:
-            complete = all(any(tag.glob(f"*zero_pp_rank_{r}_*optim_states.pt")) for r in range(meta["world_size"]))
-        else:
-            complete = any(tag.glob("mp_rank_00_model_states.pt"))
-        if complete and meta["step"] > best_step and meta["world_size"] == world:
+        meta = _complete_checkpoint(folder)
+        if meta is not None and meta["step"] > best_step and meta["world_size"] == world:
             best, best_step = folder, meta["step"]
     return best
+
+
+def _complete_checkpoint(folder: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((folder / CHECKPOINT_MARKER).read_text())
+        lists = [json.loads((folder / FILE_LIST.format(rank=r)).read_text()) for r in range(meta["world_size"])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for files in lists:
+        for rel, size in files.items():
+            path = folder / rel
+            if not path.is_file() or path.stat().st_size != size:
+                return None
+    return meta
 
 
 def check_batch(cfg: PretrainConfig, seq_len: int) -> None:

@@ -81,17 +81,26 @@ def test_flops_and_parameter_count_of_the_tiny_model():
 
 
 def test_latest_checkpoint_skips_incomplete_ones(tmp_path):
-    def make(name, step, ranks, world=2):
+    """Ray Train copies checkpoint folders file by file: a folder with a rank's list missing, a file shorter than
+    listed, or a marker cut mid-write is not resumed from."""
+    from stages.pretrain.loop import write_file_list
+
+    def make(name, step, world=2):
         folder = tmp_path / name
         tag = folder / f"step{step:07d}"
         tag.mkdir(parents=True)
+        for r in range(world):
+            (tag / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"x" * 100)
         (folder / "lmforge_checkpoint.json").write_text(json.dumps(
             {"step": step, "tag": tag.name, "world_size": world, "zero_stage": 2, "final": False}))
-        for r in ranks:
-            (tag / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"x")
+        for r in range(world):
+            write_file_list(folder, r)
         return folder
 
-    good = make("checkpoint_a", 4, [0, 1])
-    make("checkpoint_b", 8, [0])  # rank 1's shard never arrived
+    good = make("checkpoint_a", 4)
+    (make("checkpoint_b", 8) / "lmforge_files_rank1.json").unlink()  # rank 1's copy never finished
+    cut = make("checkpoint_c", 12)
+    (cut / "step0000012" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x" * 40)
+    (make("checkpoint_d", 16) / "lmforge_checkpoint.json").write_text("")  # the marker mid-copy
     assert latest_checkpoint(tmp_path, world=2) == good
     assert latest_checkpoint(tmp_path, world=4) is None  # written by another world size
