@@ -80,12 +80,15 @@ def run_stage(name: str, config: dict[str, Any], stage_runs: dict[str, str], par
         raise StageError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
     state = "reused run" if result.cache_hit else "finished run"
     logger.info("%s: %s %s in %.1f s; counts %s", name, state, result.run_id, result.duration_s, result.counts)
+    # the stage's own time (its manifest's): for a reused stage, that of the run that computed it, not the lookup's
+    duration = result.manifest.get("duration_s", result.duration_s)
     return {
         "run_id": result.run_id,
         "cache_hit": result.cache_hit,
         "counts": result.counts,
         "metrics": result.manifest.get("metrics", {}),
-        "duration_s": round(result.duration_s, 2),
+        "duration_s": round(duration, 2),
+        "lookup_s": round(result.duration_s, 2),
     }
 
 
@@ -110,7 +113,8 @@ def _summary_markdown(cfg: PipelineConfig, tracker: Tracker, parent: str, result
         figures = ", ".join(f"{k}={v:.4g}" for k, v in info["metrics"].items()
                             if isinstance(v, (int, float)) and is_key_figure(f"{name}.{k}"))
         lines.append(f"| {name} | [`{info['run_id'][:12]}`]({ui}/{info['run_id']}) | "
-                     f"{'yes' if info['cache_hit'] else 'no'} | {info['duration_s']} | {counts} | {figures} |")
+                     f"{'yes' if info['cache_hit'] else 'no'} | {info['duration_s']}"
+                     f"{' (when computed)' if info['cache_hit'] else ''} | {counts} | {figures} |")
     if failed:
         lines.append(f"| {failed} | - | - | - | **failed** | |")
     return "\n".join(lines)
@@ -134,11 +138,40 @@ def resolve_plan(config: dict[str, Any] | None, until: str | None, config_path: 
 def _roll_up(tracker: Tracker, parent: str, name: str, info: dict[str, Any]) -> None:
     """The stage's counts, figures and duration on the parent run as ``<stage>.<name>``, so MLflow's
     compare view and ``lmforge compare`` show whole pipelines side by side (reused stages included)."""
-    figures = {**info["counts"], **info["metrics"], "duration_s": info["duration_s"]}
+    figures = {**info["counts"], **info["metrics"], "duration_s": info["duration_s"], "reused": float(info["cache_hit"])}
     tracker.log_metrics(parent, {f"{name}.{k}": v for k, v in figures.items()})
 
 
-@flow(name="lmforge-pipeline", validate_parameters=False)
+def pipeline_run_name() -> str:
+    """``<config>-<UTC stamp>`` (``rerun-<stage>-`` or ``resume-`` for reruns): the Prefect flow run and the MLflow
+    pipeline run get this same name, so a user finds one from the other."""
+    params = flow_run.parameters or {}
+    if params.get("rerun_from"):
+        prefix = f"rerun-{params['rerun_stage']}" if params.get("rerun_stage") else "resume"
+    else:
+        prefix = _config_name(params)
+    return f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+def _config_name(params: dict[str, Any]) -> str:
+    config = params.get("config")
+    if isinstance(config, dict):
+        return str((config.get("pipeline") or {}).get("name") or "lmforge")
+    from pipelines.config import DEFAULT_CONFIG
+
+    path = Path(params.get("config_path") or DEFAULT_CONFIG)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        name = (data.get("pipeline") or {}).get("name")
+    except (OSError, yaml.YAMLError, AttributeError):
+        name = None
+    for item in params.get("overrides") or []:
+        if str(item).startswith("pipeline.name="):
+            name = str(item).split("=", 1)[1]
+    return str(name or "lmforge")
+
+
+@flow(name="lmforge-pipeline", flow_run_name=pipeline_run_name, validate_parameters=False)
 def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None, config_path: str | None = None,
                   overrides: list[str] | None = None, rerun_stage: str | None = None, rerun_from: str | None = None,
                   only: bool = False) -> dict[str, Any]:
@@ -157,7 +190,6 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
     names = stages_to_run(plan.until, cfg.pipeline.alignment)
     flow_run_id = str(flow_run.id)
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     tags = {
         "lmforge.kind": "pipeline",
         "lmforge.prefect_flow_run_id": flow_run_id,
@@ -171,8 +203,7 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
     if plan.rerun_of:
         tags.update({"lmforge.rerun_of": plan.rerun_of, "lmforge.rerun_stage": plan.rerun_stage or "",
                      "lmforge.forced": ",".join(plan.force)})
-    prefix = f"rerun-{plan.rerun_stage}" if plan.rerun_stage else ("resume" if plan.rerun_of else cfg.pipeline.name)
-    parent = tracker.start_run(f"{prefix}-{stamp}", tags=tags)
+    parent = tracker.start_run(flow_run.name or pipeline_run_name(), tags=tags)
     tracker.log_params(parent, config)
     tracker.client.log_text(parent, yaml.safe_dump(config, sort_keys=False), CONFIG_ARTIFACT)
     what = f" (rerun of {plan.rerun_of}; forced: {', '.join(plan.force) or 'none'})" if plan.rerun_of else ""

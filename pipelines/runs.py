@@ -142,23 +142,43 @@ def direction(metric: str) -> str | None:
     return None
 
 
+def reused_stages(client, run) -> dict[str, float | None]:
+    """{stage: the reused run's own duration} of a pipeline run's cache hits: a reused stage took no time in
+    this run, and its lookup time is not a figure to compare with a stage that computed."""
+    tags = run.data.tags
+    hits = [s for s in tags.get("lmforge.cache_hits", "").split(",") if s]
+    stage_runs = _pairs(tags.get("lmforge.stage_runs", ""))
+    own = {}
+    for stage in hits:
+        try:
+            own[stage] = client.get_run(stage_runs[stage]).data.metrics.get("duration_s")
+        except Exception:  # noqa: BLE001 - the reused run was deleted (gc): its duration is unknown
+            own[stage] = None
+    return own
+
+
 def compare(client, run_ids: list[str], everything: bool = False) -> dict[str, Any]:
     if len(run_ids) < 2:
         raise ConfigError("compare needs at least two pipeline runs")
     runs = [get_pipeline_run(client, r) for r in run_ids]
+    reused = [reused_stages(client, r) for r in runs]
     names = sorted(set().union(*(r.data.metrics for r in runs)))
     if not everything:
         names = [n for n in names if is_key_figure(n)]
     rows = []
     for name in names:
         values = [r.data.metrics.get(name) for r in runs]
+        stage, _, leaf = name.partition(".")
+        marks = [stage in hits for hits in reused]
+        if leaf == "duration_s":  # a reused stage: the duration of the run that computed it
+            values = [hits[stage] if stage in hits else v for v, hits in zip(values, reused)]
         best = None
         how = direction(name)
         present = [v for v in values if v is not None]
         if how and len(present) > 1 and len(set(present)) > 1:
             target = min(present) if how == "min" else max(present)
             best = [k for k, v in enumerate(values) if v == target]
-        rows.append({"metric": name, "values": values, "better": how, "best": best})
+        rows.append({"metric": name, "values": values, "better": how, "best": best, "reused": marks})
     params = [r.data.params for r in runs]
     keys = sorted(set().union(*params))
     differing = [{"param": k, "values": [p.get(k) for p in params]} for k in keys

@@ -7,6 +7,7 @@ The MLflow store is $MLFLOW_TRACKING_URI, else the SQLite store under LMFORGE_HO
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,23 @@ def _client():
 
 def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+def figure_text(value: float | None) -> str:
+    """Counts as integers with separators (99,003), float noise as 0, other figures to 4 significant digits
+    without an exponent for ordinary magnitudes."""
+    if value is None:
+        return "-"
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    if abs(value) < 1e-9:
+        return "0"
+    if value == int(value) and abs(value) < 1e15:
+        return f"{int(value):,}"
+    if 1e-4 <= abs(value) < 1e9:
+        digits = max(0, 3 - math.floor(math.log10(abs(value))))
+        return f"{value:,.{digits}f}"
+    return f"{value:.4g}"
 
 
 def _secs(value: float | None) -> str:
@@ -89,14 +107,17 @@ def compare(
         result = runs.compare(_client(), run_ids, all_)
     except LmforgeError as exc:
         raise fail(exc) from None
-    table = Table(title="figures (* = better)", title_justify="left", show_edge=False)
-    table.add_column("metric")
+    table = Table(title="figures (* = better; reused = a cached stage, shown with the run that computed it)",
+                  title_justify="left", show_edge=False)
+    table.add_column("metric", overflow="fold")  # a long name wraps, never cut
     for r in result["runs"]:
-        table.add_column(f"{r['name']}\n{r['pipeline_run_id'][:12]}", justify="right")
+        table.add_column(f"{r['name']}\n{r['pipeline_run_id'][:12]}", justify="right", overflow="fold")
     for row in result["metrics"]:
         cells = []
         for k, value in enumerate(row["values"]):
-            text = "-" if value is None else f"{value:,.4g}"
+            text = figure_text(value)
+            if row["reused"][k]:
+                text += " (reused)"
             cells.append(f"[bold green]{text} *[/]" if row["best"] and k in row["best"] else text)
         table.add_row(row["metric"], *cells)
     console.print(table)

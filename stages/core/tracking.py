@@ -25,6 +25,10 @@ TAG_COMPLETE = "lmforge.complete"
 TAG_PIPELINE = "lmforge.pipeline_run_id"
 TAG_ERROR = "lmforge.error"
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment of unknown kind in its GenAI view (traces, evaluations); lmforge's are
+# model-training experiments, which it shows in the classic runs view
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
 
@@ -67,6 +71,8 @@ class Tracker:
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.tags.get(EXPERIMENT_KIND_TAG) is None:
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         artifact_location = None
         if self.tracking_uri.startswith("sqlite:") or self.tracking_uri.startswith("file:"):
@@ -74,7 +80,8 @@ class Tracker:
             root.mkdir(parents=True, exist_ok=True)
             artifact_location = (root / name).as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
+            return self.client.create_experiment(name, artifact_location=artifact_location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # a concurrent creator won the race
             found = self.client.get_experiment_by_name(name)
             if found is None:

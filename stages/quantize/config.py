@@ -3,7 +3,7 @@ unquantized model, and the rule that picks the one registered as ``latest-quanti
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -21,10 +21,13 @@ class QuantizeEvalConfig(GenerationConfig):
 
 
 class ChoiceConfig(StrictModel):
-    """Registered = the smallest variant within both budgets; the unquantized model if none is."""
+    """Registered = the smallest variant within every budget; the unquantized model if none is."""
 
     max_perplexity_increase: float = Field(0.02, ge=0, description="Relative budget: 0.02 = at most +2 % perplexity.")
     max_pass_rate_drop: float = Field(0.02, ge=0, description="Absolute budget on the held-out checker pass rate.")
+    max_latency_ratio: Optional[float] = Field(
+        1.0, gt=0, description="Latency per token at every measured batch size at most this times the unquantized "
+                               "model's (1.0: no slower); null = size and quality only.")
 
 
 class QuantizeConfig(StageConfig):

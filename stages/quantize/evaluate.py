@@ -64,12 +64,32 @@ def directory_bytes(path: Path) -> int:
     return int(sum(p.stat().st_size for p in files))
 
 
-def choose(rows: list[dict], max_ppl_increase: float, max_pass_drop: float) -> dict:
-    """The smallest row within both budgets relative to the first row (the unquantized model)."""
+def choose(rows: list[dict], max_ppl_increase: float, max_pass_drop: float,
+           max_latency_ratio: float | None = None) -> tuple[dict, str]:
+    """The smallest row within every budget relative to the first row (the unquantized model): perplexity,
+    pass rate and, when given, latency per token at each measured batch size; and why it won (or why each
+    smaller one did not)."""
     base = rows[0]
-    fits = [r for r in rows[1:] if r["perplexity"] <= base["perplexity"] * (1 + max_ppl_increase)
-            and r["pass_rate"] >= base["pass_rate"] - max_pass_drop]
-    return min(fits, key=lambda r: r["bytes"]) if fits else base
+    refused, fits = [], []
+    for row in rows[1:]:
+        problems = []
+        if row["perplexity"] > base["perplexity"] * (1 + max_ppl_increase):
+            problems.append(f"perplexity {relative(row['perplexity'], base['perplexity']):+.1%} > "
+                            f"+{max_ppl_increase:.0%}")
+        if row["pass_rate"] < base["pass_rate"] - max_pass_drop:
+            problems.append(f"pass rate {row['pass_rate'] - base['pass_rate']:+.3f} < -{max_pass_drop}")
+        for key in sorted(k for k in base if k.startswith("latency_ms_per_token_b")):
+            if max_latency_ratio is not None and key in row and base[key] > 0:
+                ratio = row[key] / base[key]
+                if ratio > max_latency_ratio:
+                    problems.append(f"{ratio:.2f}x the latency at batch {key.rsplit('_b', 1)[1]} > "
+                                    f"{max_latency_ratio:g}x")
+        (refused.append(f"{row['variant']}: {'; '.join(problems)}") if problems else fits.append(row))
+    chosen = min(fits, key=lambda r: r["bytes"]) if fits else base
+    why = (f"{chosen['variant']}: the smallest within the budgets ({chosen['bytes'] / base['bytes']:.2f}x the "
+           f"size of {base['variant']})" if fits else f"{base['variant']}: no variant within the budgets")
+    smaller = [r for r in refused if r.split(":")[0] in {x["variant"] for x in rows if x["bytes"] < chosen["bytes"]}]
+    return chosen, why + (f"; refused {' | '.join(smaller)}" if smaller else "")
 
 
 def relative(value: float, base: float) -> float:

@@ -104,11 +104,11 @@ class QuantizeStage(Stage):
             table.append({"variant": "gguf-q8_0", "bytes": size, "size_ratio": size / base["bytes"],
                           "perplexity": None, "perplexity_delta": None, "pass_rate": None,
                           "note": "llama.cpp format: measured by bench/gguf_bench.py with llama-cpp-python"})
-        chosen = ev_.choose([r for r in table if r["perplexity"] is not None], cfg.choose.max_perplexity_increase,
-                            cfg.choose.max_pass_rate_drop)
+        chosen, why = ev_.choose([r for r in table if r["perplexity"] is not None], cfg.choose.max_perplexity_increase,
+                                 cfg.choose.max_pass_rate_drop, cfg.choose.max_latency_ratio)
         if chosen["variant"] == UNQUANTIZED:
             shutil.copytree(source, out / UNQUANTIZED)
-        (out / TABLE).write_text(json.dumps({"variants": table, "chosen": chosen["variant"]}, indent=2))
+        (out / TABLE).write_text(json.dumps({"variants": table, "chosen": chosen["variant"], "why": why}, indent=2))
         tradeoff_plot(table, out / PLOT)
 
         metrics: dict[str, float] = {}
@@ -116,10 +116,8 @@ class QuantizeStage(Stage):
             for key, value in row.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     metrics[f"{row['variant']}.{key}"] = float(value)
-        ctx.log.info("quantize: chose %s (%.2fx the size, perplexity %+.2f%%, pass rate %+.3f) within +%.1f%% "
-                     "perplexity and -%.3f pass rate", chosen["variant"], chosen["size_ratio"],
-                     100 * chosen["perplexity_delta"], chosen["pass_rate_delta"],
-                     100 * cfg.choose.max_perplexity_increase, cfg.choose.max_pass_rate_drop)
+        ctx.log.info("quantize: chose %s (%.2fx the size, perplexity %+.2f%%, pass rate %+.3f): %s", chosen["variant"],
+                     chosen["size_ratio"], 100 * chosen["perplexity_delta"], chosen["pass_rate_delta"], why)
         outputs = {variant: f"{variant}/" for variant in cfg.variants}
         if chosen["variant"] == UNQUANTIZED:
             outputs[UNQUANTIZED] = f"{UNQUANTIZED}/"
@@ -127,11 +125,12 @@ class QuantizeStage(Stage):
         if cfg.gguf:
             outputs["gguf"] = GGUF_FILE
         return StageResult(counts={"variants": len(table), "heldout_prompts": len(rows_eval)}, metrics=metrics,
-                           details={"variants": table, "chosen": chosen["variant"], "gguf": gguf_figures},
+                           details={"variants": table, "chosen": chosen["variant"], "why": why, "gguf": gguf_figures},
                            outputs=outputs)
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         chosen = result.details["chosen"]
         name = f"lmforge-{pipeline_name}-lm"
         version = register_artifact(tracker, name, run_id, chosen, "latest-quantized")
-        return {"lmforge.registered_model": f"{name}/{version}", "lmforge.quantized_variant": chosen}
+        return {"lmforge.registered_model": f"{name}/{version}", "lmforge.quantized_variant": chosen,
+                "lmforge.choice": result.details["why"][:500]}

@@ -59,12 +59,20 @@ def test_runs_roll_up_their_stage_figures_and_compare(ops):
     inputs = {d.dataset.name: d.dataset for d in client.get_run(a["stages"]["dedup"]).inputs.dataset_inputs}
     assert json.loads(inputs["docs"].source) == {"run_id": a["stages"]["ingest"]}  # dataset lineage in MLflow
 
-    result = cli(ops, ["compare", a["pipeline_run_id"], b["pipeline_run_id"]])
+    shown = run_cli(["compare", a["pipeline_run_id"], b["pipeline_run_id"]], env=ops["env"])
+    result = last_json(shown.stdout)
     rows = {r["metric"]: r for r in result["metrics"]}
     kept = rows["dedup.kept"]["values"]
     assert kept[0] < kept[1]  # a looser threshold (0.85) merges fewer near duplicates
     assert rows["ingest.kept"]["values"][0] == rows["ingest.kept"]["values"][1]  # the same reused run
     assert rows["dedup.duration_s"]["better"] == "min" and rows["dedup.duration_s"]["best"]
+    # b reused a's ingest: shown with the duration of the run that computed it, marked, and not "better"
+    ingest = rows["ingest.duration_s"]
+    assert ingest["reused"] == [False, True] and ingest["values"][0] == ingest["values"][1] > 1
+    assert ingest["best"] is None
+    table = " ".join(shown.stderr.split())
+    assert f"{int(kept[0]):,}" in table and "e+0" not in table and "…" not in table
+    assert "(reused)" in table and "dedup.kept" in table
     assert [d for d in result["differing_config"] if d["param"] == "dedup.threshold"][0]["values"] == ["0.6", "0.85"]
 
 

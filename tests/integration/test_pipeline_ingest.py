@@ -40,6 +40,7 @@ def test_run_until_ingest_records_lineage_and_reuses_the_cached_stage(home, pref
     assert parent.data.metrics["ingest.kept"] == child.data.metrics["count.kept"]
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.name == "tiny"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's classic runs view
 
     # the manifest among the artifacts, its digests true of the artifact files
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
@@ -55,6 +56,7 @@ def test_run_until_ingest_records_lineage_and_reuses_the_cached_stage(home, pref
     # Prefect: the flow run COMPLETED, one task run named after the stage, the summary artifact
     flow_run = _prefect(prefect_server, "GET", f"/flow_runs/{first['prefect_flow_run_id']}")
     assert flow_run["state_type"] == "COMPLETED"
+    assert flow_run["name"] == parent.info.run_name and flow_run["name"].startswith("tiny-")  # one name in both
     task_runs = _prefect(prefect_server, "POST", "/task_runs/filter",
                          json={"flow_runs": {"id": {"any_": [first["prefect_flow_run_id"]]}}})
     assert [(t["name"], t["state_type"]) for t in task_runs] == [("ingest", "COMPLETED")]

@@ -245,6 +245,11 @@ def _check_quantize(client: MlflowClient, runs: dict, tmp_path: Path) -> None:
     assert abs(metrics["int8.perplexity_delta"]) < 0.05
     assert {"tradeoff.png", "variants.json", "model-q8_0.gguf", "int8", "int4"} <= \
         {a.path for a in client.list_artifacts(run.info.run_id)}
+    chosen = run.data.tags["lmforge.quantized_variant"]
+    assert run.data.tags["lmforge.choice"].startswith(f"{chosen}:")  # the run says why that variant won
+    for batch in (1, 8):  # quantize.choose.max_latency_ratio 1.0: never slower than the unquantized model
+        key = f"latency_ms_per_token_b{batch}"
+        assert metrics[f"{chosen}.{key}"] <= metrics[f"fp32.{key}"]
     version = client.get_model_version_by_alias("lmforge-tiny-lm", "latest-quantized")
     assert version.run_id == run.info.run_id and version.source.rstrip("/").endswith(run.data.tags["lmforge.quantized_variant"])
     manifest = json.loads(Path(client.download_artifacts(runs["quantize"], "manifest.json", str(tmp_path / "q"))).read_text())

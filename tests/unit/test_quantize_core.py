@@ -74,11 +74,16 @@ def test_gguf_uses_llama_cpp_names_and_metadata(model_dir, tmp_path):
     assert np.abs(values - permute_rotary(hf, 2)).max() < np.abs(hf).max() / 100
 
 
-def test_choice_is_the_smallest_variant_within_both_budgets():
-    rows = [{"variant": "fp32", "bytes": 100, "perplexity": 10.0, "pass_rate": 0.5},
-            {"variant": "int8", "bytes": 40, "perplexity": 10.1, "pass_rate": 0.5},
-            {"variant": "int4", "bytes": 25, "perplexity": 10.5, "pass_rate": 0.5}]
-    assert evaluate.choose(rows, 0.02, 0.02)["variant"] == "int8"  # int4 is +5 %
-    assert evaluate.choose(rows, 0.10, 0.02)["variant"] == "int4"
+def test_choice_is_the_smallest_variant_within_every_budget_and_says_why():
+    rows = [{"variant": "fp32", "bytes": 100, "perplexity": 10.0, "pass_rate": 0.5, "latency_ms_per_token_b1": 10.0},
+            {"variant": "int8", "bytes": 40, "perplexity": 10.1, "pass_rate": 0.5, "latency_ms_per_token_b1": 9.0},
+            {"variant": "int4", "bytes": 25, "perplexity": 10.5, "pass_rate": 0.5, "latency_ms_per_token_b1": 20.0}]
+    chosen, why = evaluate.choose(rows, 0.02, 0.02)
+    assert chosen["variant"] == "int8" and "int4: perplexity +5.0% > +2%" in why  # int4 is +5 %
+    assert evaluate.choose(rows, 0.10, 0.02)[0]["variant"] == "int4"  # no latency budget: the smallest
+    chosen, why = evaluate.choose(rows, 0.10, 0.02, max_latency_ratio=1.0)
+    assert chosen["variant"] == "int8" and "int4: 2.00x the latency at batch 1 > 1x" in why
+    assert evaluate.choose(rows, 0.10, 0.02, max_latency_ratio=2.5)[0]["variant"] == "int4"
     rows[1]["pass_rate"] = rows[2]["pass_rate"] = 0.4
-    assert evaluate.choose(rows, 0.10, 0.02)["variant"] == "fp32"  # nothing fits: the unquantized model
+    chosen, why = evaluate.choose(rows, 0.10, 0.02)
+    assert chosen["variant"] == "fp32" and why.startswith("fp32: no variant")  # nothing fits: the unquantized model
