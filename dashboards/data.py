@@ -1,7 +1,9 @@
 """What the pipeline dashboard shows, gathered from MLflow: per pipeline run, the DAG
-(stage states, durations, cache hits), the data funnel, training curves (pretrain, SFT,
-reward model, PPO/DPO), pass rates per task family, the quantization trade-off and the
-served model's latency. Plain JSON, so the page needs nothing but itself."""
+(stage states, durations, cache hits, the stages a partial run left out), a stage
+timeline, the data funnel and why documents left it, training curves (pretrain, SFT,
+reward model, PPO/DPO), pass rates per task family, the quantization trade-off with the
+chosen variant, the deploy gate's decision and the served model's latency, throughput
+and errors. Plain JSON, so the page needs nothing but itself."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ CURVES = {  # chart -> (stage, metric) series, as the stages log them step by st
 }
 FAMILY_SOURCES = [("sft", "base"), ("sft", "sft"), ("ppo", "ppo"), ("dpo", "dpo")]
 QUANT_VARIANTS = ["fp32", "int8", "int4", "gguf-q8_0"]
+DOCUMENT_STAGES = ["ingest", "dedup", "quality", "tokenize"]
+DEDUP_REASONS = {"exact_removed": "exact duplicate", "near_removed": "near duplicate",
+                 "boilerplate_removed": "only boilerplate"}
 
 
 def _history(client, run_id: str, metric: str) -> list[list[float]]:
@@ -34,6 +39,25 @@ def _funnel(m: dict[str, float]) -> list[dict[str, Any]]:
         steps.append({"step": "tokenize", "docs": m["tokenize.train_docs"] + m.get("tokenize.val_docs", 0),
                       "mb": None, "tokens": m.get("tokenize.train_tokens")})
     return steps
+
+
+def _reasons(m: dict[str, float]) -> dict[str, dict[str, float]]:
+    """{stage: {"removed: why" or "quarantined: why": documents}}: why documents left each document stage."""
+    out: dict[str, dict[str, float]] = {}
+    for stage in DOCUMENT_STAGES:
+        reasons: dict[str, float] = {}
+        prefix = f"{stage}.quarantined."
+        for key, value in m.items():
+            if key.startswith(prefix) and value:
+                reasons[f"quarantined: {key[len(prefix):]}"] = value
+            elif stage == "quality" and key.startswith("quality.funnel.") and key.endswith(".removed") and value:
+                reasons[f"removed: {key[len('quality.funnel.'):-len('.removed')]}"] = value
+        if stage == "dedup":
+            reasons.update({f"removed: {why}": m[f"dedup.{key}"] for key, why in DEDUP_REASONS.items()
+                            if m.get(f"dedup.{key}")})
+        if reasons:
+            out[stage] = reasons
+    return out
 
 
 def _pass_rates(m: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -57,7 +81,36 @@ def _quantization(m: dict[str, float]) -> list[dict[str, Any]]:
     return rows
 
 
+def _stage_tags(client, stage_runs: dict[str, str], stage: str) -> dict[str, str]:
+    if stage not in stage_runs:
+        return {}
+    try:
+        return client.get_run(stage_runs[stage]).data.tags
+    except Exception:  # noqa: BLE001 - the run was garbage-collected: nothing to show
+        return {}
+
+
+def _timeline(stages: list[dict[str, Any]], started: int) -> list[dict[str, Any]]:
+    """One bar per stage of this pipeline run, in the order it ran; a reused stage sits where it was looked up
+    (after the stage before it) with the duration of the run that computed it, marked."""
+    bars, clock = [], started
+    for s in stages:
+        if s["started"] is not None:
+            start = s["started"]
+            end = s["ended"] or start
+            clock = max(clock, end)
+        elif s["state"] == "cached":
+            start = end = clock
+        else:
+            continue
+        bars.append({"stage": s["stage"], "start": start, "end": end, "reused": s["state"] == "cached",
+                     "duration_s": s["duration_s"], "state": s["state"]})
+    return bars
+
+
 def pipeline_view(client, run) -> dict[str, Any]:
+    from pipelines.dag import stages_to_run
+
     described = runs.describe(client, run)
     m = run.data.metrics
     stage_runs = {s["stage"]: s["run_id"] for s in described["stages"] if s["run_id"]}
@@ -66,19 +119,46 @@ def pipeline_view(client, run) -> dict[str, Any]:
         curves[chart] = [{"name": f"{stage} {metric}", "points": _history(client, stage_runs[stage], metric)}
                          for stage, metric in series if stage in stage_runs]
         curves[chart] = [c for c in curves[chart] if c["points"]]
+    planned = [s["stage"] for s in described["stages"]]
+    dag = stages_to_run(None, run.data.params.get("pipeline.alignment", "ppo"))
+    left_out = [name for name in dag if name not in planned]  # --until, or a rerun with --only
     serving = {k.split(".", 1)[1]: v for k, v in m.items() if k.startswith("deploy.latency_p")}
+    deploy = _stage_tags(client, stage_runs, "deploy")
+    quantize = _stage_tags(client, stage_runs, "quantize")
     return {
         "id": run.info.run_id, "name": run.info.run_name, "state": described["state"],
         "started": run.info.start_time, "experiment": described["experiment"], "rerun_of": described["rerun_of"],
-        "stages": described["stages"], "funnel": _funnel(m), "curves": curves, "pass_rates": _pass_rates(m),
-        "quantization": _quantization(m), "serving": serving,
+        "stages": described["stages"], "left_out": left_out, "timeline": _timeline(described["stages"],
+                                                                                  run.info.start_time),
+        "funnel": _funnel(m), "reasons": _reasons(m), "curves": curves, "pass_rates": _pass_rates(m),
+        "quantization": _quantization(m),
+        "quantized": {"chosen": quantize.get("lmforge.quantized_variant"), "why": quantize.get("lmforge.choice")},
+        "gate": {"promoted": deploy.get("lmforge.promoted"), "reason": deploy.get("lmforge.gate"),
+                 "served_version": deploy.get("lmforge.served_version"),
+                 "candidate_version": deploy.get("lmforge.candidate_version")} if deploy else {},
+        "serving": serving,
+        "serving_load": {k: m[f"deploy.{k}"] for k in ("throughput_tokens_per_s", "errors", "requests",
+                                                        "burst_requests") if f"deploy.{k}" in m},
     }
 
 
+def _whole(run) -> bool:
+    """A finished run of the whole DAG (not --until, not a rerun with --only): what the page opens on."""
+    from pipelines.dag import stages_to_run
+
+    planned = [s for s in run.data.tags.get("lmforge.stages", "").split(",") if s]
+    dag = stages_to_run(None, run.data.params.get("pipeline.alignment", "ppo"))
+    return run.info.status == "FINISHED" and bool(planned) and planned[-1] == dag[-1]
+
+
 def collect(client, run_id: str | None = None, limit: int = 10) -> dict[str, Any]:
-    """The chosen run (default: the newest) first, then the other recent runs for the picker."""
+    """The chosen run first (default: the newest run of the whole DAG, else the newest), then the other
+    recent runs for the picker."""
     recent = runs.recent_pipeline_runs(client, limit)
     if run_id:
         chosen = runs.get_pipeline_run(client, run_id)
-        recent = [chosen] + [r for r in recent if r.info.run_id != run_id][: limit - 1]
+    else:
+        chosen = next((r for r in recent if _whole(r)), recent[0] if recent else None)
+    if chosen is not None:
+        recent = [chosen] + [r for r in recent if r.info.run_id != chosen.info.run_id][: limit - 1]
     return {"runs": [pipeline_view(client, r) for r in recent]}

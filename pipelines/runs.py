@@ -79,6 +79,9 @@ def stage_states(client, run) -> list[dict[str, Any]]:
     for name in planned:
         child = children.get(name)
         duration = run.data.metrics.get(f"{name}.duration_s")
+        started = ended = None
+        if child is not None and name not in hits:
+            started, ended = child.info.start_time, child.info.end_time
         if name in finished:
             state = "cached" if name in hits else "done"
             run_id = finished[name]
@@ -92,7 +95,8 @@ def stage_states(client, run) -> list[dict[str, Any]]:
         else:
             state = "pending" if pipeline == "RUNNING" else "not run"
             run_id = None
-        rows.append({"stage": name, "state": state, "run_id": run_id, "duration_s": duration})
+        rows.append({"stage": name, "state": state, "run_id": run_id, "duration_s": duration, "started": started,
+                     "ended": ended})
     return rows
 
 
@@ -122,9 +126,10 @@ KEY_FIGURES = [
     r"reward\.(pairwise_accuracy|spearman_reward_vs_checker)",
     r"(ppo|dpo)\.(ppo|dpo)\.(pass_rate|sampled_pass_rate|mean_reward|kl_to_sft)",
     r"quantize\.(int8|int4|gguf-q8_0)\.(perplexity_delta|pass_rate_delta|size_ratio|latency_ms_per_token_b1)",
-    r"deploy\.(promoted|smoke_chat_latency_s|smoke_stream_s|latency_p\d+_s)", r"[a-z_]+\.duration_s",
+    r"deploy\.(promoted|smoke_chat_latency_s|smoke_stream_s|latency_p\d+_s|throughput_tokens_per_s|errors)",
+    r"[a-z_]+\.duration_s",
 ]
-_LOWER = re.compile(r"(loss|perplexity|latency|duration|_s$|kl|bytes|size_ratio|contamination|quarantined|delta)")
+_LOWER = re.compile(r"(loss|perplexity|latency|duration|_s$|kl|bytes|size_ratio|contamination|quarantined|delta|errors)")
 _HIGHER = re.compile(r"(pass_rate|accuracy|reward|tokens_per_s|mfu|auc|f1|efficiency|spearman|promoted)")
 
 

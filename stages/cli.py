@@ -20,14 +20,16 @@ from stages.core.errors import ConfigError, LmforgeError
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """lmforge's own logs at INFO (DEBUG with --verbose) on stderr; third-party noise off unless verbose."""
+    from stages.core.quiet import quiet_third_party
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "filelock", "trafilatura", "htmldate", "charset_normalizer", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_third_party(verbose or None)
 
 
 def standalone_config(name: str, config_path: Optional[Path], overrides: list[str]) -> tuple[Any, int, str]:

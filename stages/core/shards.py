@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stages.core.docio import Quarantined, append_jsonl, located_documents
-from stages.core.unique_ids import IdLog, find_repeats, quarantine_record, remove_logs, repeated_rows
+from stages.core.unique_ids import DUPLICATE_ID, IdLog, find_repeats, quarantine_record, remove_logs, repeated_rows
 
 
 @dataclass
@@ -26,6 +27,10 @@ class Sharded:
     sizes: list[int]
     documents: int
     quarantined: int
+    reasons: Counter = field(default_factory=Counter)  # quarantined records by reason
+
+    def quarantine_metrics(self) -> dict[str, int]:
+        return {f"quarantined.{reason}": n for reason, n in sorted(self.reasons.items())}
 
     def offsets(self) -> list[int]:
         out, total = [], 0
@@ -41,17 +46,20 @@ def shard_input(source: Path, work: Path, shard_docs: int, max_chars: int, quara
     sizes: list[int] = []
     handle = None
     ids: IdLog | None = None
+    reasons: Counter = Counter()
     count = documents = quarantined = 0
     with open(quarantine_path, "w", encoding="utf-8") as quarantine:
         for origin, number, record in located_documents(source, max_chars):
             if isinstance(record, Quarantined):
                 append_jsonl(quarantine, record.to_record())
                 quarantined += 1
+                reasons[record.reason] += 1
                 continue
             if record.get("id") is None:
-                append_jsonl(quarantine, Quarantined("no_id", "record has no 'id' field", str(source),
+                append_jsonl(quarantine, Quarantined("no_id", "record has no 'id' field", origin, number,
                                                      raw=json.dumps(record, ensure_ascii=False, default=str)).to_record())
                 quarantined += 1
+                reasons["no_id"] += 1
                 continue
             if handle is None or count == shard_docs:
                 if handle is not None:
@@ -71,7 +79,7 @@ def shard_input(source: Path, work: Path, shard_docs: int, max_chars: int, quara
         handle.close()
         ids.close()
         sizes.append(count)
-    return Sharded(shards, sizes, documents, quarantined)
+    return Sharded(shards, sizes, documents, quarantined, reasons)
 
 
 def task_drop_repeats(shard: str, work: str, part: int) -> None:
@@ -106,7 +114,11 @@ def drop_repeated_ids(sharded: Sharded, work: Path, quarantine_path: Path, optio
             sharded.shards[i].unlink()
     shards = [shard for shard, size in zip(sharded.shards, sizes) if size]
     total = sum(repeats.values())
-    return Sharded(shards, [size for size in sizes if size], sharded.documents - total, sharded.quarantined + total)
+    reasons = Counter(sharded.reasons)
+    if total:
+        reasons[DUPLICATE_ID] += total
+    return Sharded(shards, [size for size in sizes if size], sharded.documents - total, sharded.quarantined + total,
+                   reasons)
 
 
 def read_shard(path: Path) -> list[dict[str, Any]]:

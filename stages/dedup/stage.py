@@ -206,6 +206,7 @@ class DedupStage(Stage):
             **{k: v for k, v in near_counts.items()},
             **{f"time.{k}": round(v, 3) for k, v in timings.items()},
             **{f"boilerplate_chars.{s or 'unknown'}": v for s, v in per_source_chars.items()},
+            **sharded.quarantine_metrics(),
         }
         if timings.get("signatures_s"):
             metrics["signature_docs_per_s"] = n / timings["signatures_s"]

@@ -38,5 +38,7 @@ class DeployConfig(StageConfig):
     smoke_max_tokens: int = Field(16, ge=1, description="Tokens per smoke-test request.")
     latency_probe_requests: int = Field(12, ge=0, description="Chat requests after the smoke test, one at a time, "
                                                               "for the served model's latency percentiles.")
+    throughput_burst_requests: int = Field(8, ge=0, description="Chat requests sent at once after the latency probe, "
+                                                                "for the served model's throughput (tokens/s).")
     keep_running: bool = Field(False, description="Leave the app serving after the flow: `lmforge run` then stays "
                                                   "in the foreground serving until Ctrl-C (else the app is stopped).")

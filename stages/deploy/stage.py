@@ -28,9 +28,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def smoke_test(url: str, model: str, api_key: str | None, max_tokens: int, probe_requests: int = 12) -> dict:
-    """Completion, chat and a streamed chat through the openai client, then ``probe_requests``
-    chat requests one after another for latency percentiles (seconds)."""
+def smoke_test(url: str, model: str, api_key: str | None, max_tokens: int, probe_requests: int = 12,
+               burst_requests: int = 8) -> dict:
+    """Completion, chat and a streamed chat through the openai client (any failure fails the stage), then
+    ``probe_requests`` chat requests one after another for latency percentiles (seconds) and
+    ``burst_requests`` at once for throughput; failures there are counted."""
     from openai import OpenAI
 
     oa = OpenAI(base_url=f"{url}/v1", api_key=api_key or "none", max_retries=0, timeout=120)
@@ -51,16 +53,47 @@ def smoke_test(url: str, model: str, api_key: str | None, max_tokens: int, probe
     stream_s = time.perf_counter() - start
     if not chunks or chunks[-1].choices[0].finish_reason is None:
         raise StageError("deploy: the streamed answer did not end with a finish_reason")
-    probe = []
+    probe, errors = [], 0
     for k in range(probe_requests):
         start = time.perf_counter()
-        oa.chat.completions.create(model=model, messages=[{"role": "user", "content": f"Say {k}"}],
-                                   max_tokens=max_tokens, temperature=0)
+        try:
+            oa.chat.completions.create(model=model, messages=[{"role": "user", "content": f"Say {k}"}],
+                                       max_tokens=max_tokens, temperature=0)
+        except Exception:  # noqa: BLE001 - counted: the figure says how many requests failed
+            errors += 1
+            continue
         probe.append(time.perf_counter() - start)
     figures = {f"latency_p{int(q * 100)}_s": percentile(probe, q) for q in (0.5, 0.9, 0.99)} if probe else {}
+    burst = throughput(oa, model, max_tokens, burst_requests)
     return {**figures, "chat_latency_s_median": statistics.median(latencies), "stream_s": stream_s,
             "stream_chunks": len(chunks), "completion_tokens": completion.usage.completion_tokens,
+            **burst, "errors": errors + burst["burst_errors"], "requests": 5 + probe_requests + burst_requests,
             "answers": answers}
+
+
+def throughput(oa, model: str, max_tokens: int, requests: int) -> dict:
+    """``requests`` chat requests at once (each exactly ``max_tokens`` tokens): generated tokens per second
+    of wall time while the server batches them, and how many failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if requests < 1:
+        return {"burst_errors": 0}
+
+    def one(k: int) -> int:
+        try:
+            out = oa.chat.completions.create(model=model, messages=[{"role": "user", "content": f"Count to {k}"}],
+                                             max_tokens=max_tokens, temperature=0, extra_body={"ignore_eos": True})
+        except Exception:  # noqa: BLE001 - counted as an error
+            return -1
+        return out.usage.completion_tokens
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(requests) as pool:
+        tokens = list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - start
+    done = [t for t in tokens if t >= 0]
+    return {"throughput_tokens_per_s": sum(done) / wall if done else 0.0, "burst_requests": requests,
+            "burst_s": wall, "burst_errors": requests - len(done)}
 
 
 class DeployStage(Stage):
@@ -105,7 +138,8 @@ class DeployStage(Stage):
         url = serving.start(model_dir, name, s.host, port, s.api_key, limits, s.threads, s.max_batch_size,
                             s.batch_wait_s)
         try:
-            smoke = smoke_test(url, name, s.api_key, cfg.smoke_max_tokens, cfg.latency_probe_requests)
+            smoke = smoke_test(url, name, s.api_key, cfg.smoke_max_tokens, cfg.latency_probe_requests,
+                               cfg.throughput_burst_requests)
         finally:
             if not cfg.keep_running:
                 serving.stop()
@@ -117,8 +151,12 @@ class DeployStage(Stage):
                   "candidate_figures": verdict.candidate, "production_figures": verdict.production,
                   "previous_production": verdict.production_version, "running": cfg.keep_running, "smoke": smoke}
         (ctx.output_dir / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        if smoke["errors"]:
+            ctx.log.warning("deploy: %d of %d smoke-test requests failed", smoke["errors"], smoke["requests"])
         metrics = {"promoted": float(verdict.promote), "smoke_chat_latency_s": smoke["chat_latency_s_median"],
                    **{k: v for k, v in smoke.items() if k.startswith("latency_p")},
+                   **{k: smoke[k] for k in ("throughput_tokens_per_s", "burst_requests", "errors", "requests")
+                      if k in smoke},
                    "smoke_stream_s": smoke["stream_s"], **{f"candidate.{k}": v for k, v in verdict.candidate.items()}}
         return StageResult(counts={"promoted": int(verdict.promote)}, metrics=metrics, details=report,
                            outputs={"report": REPORT})
@@ -126,5 +164,6 @@ class DeployStage(Stage):
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         d = result.details
         return {"lmforge.endpoint": d["endpoint"], "lmforge.promoted": str(d["promoted"]).lower(),
-                "lmforge.gate": d["reason"][:500], "lmforge.served_version": d["served_version"]}
+                "lmforge.gate": d["reason"][:500], "lmforge.served_version": d["served_version"],
+                "lmforge.candidate_version": d["candidate_version"]}
 

@@ -111,6 +111,7 @@ class QualityStage(Stage):
         metrics["pii.ips"] = sum(v for k, v in stats.pii.items() if k.endswith(".ips"))
         for lang, n in stats.langs.most_common(30):
             metrics[f"lang.{lang}"] = n
+        metrics.update(sharded.quarantine_metrics())
         metrics.update({"docs_in": sharded.documents, "kept": kept, "removed": removed,
                         "chars_in": stats.chars_in["language"],
                         "chars_kept": stats.chars_in["language"] - sum(stats.removed_chars.values())})

@@ -23,6 +23,12 @@ def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+def unpermute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """``permute_rotary`` undone: llama.cpp's interleaved rotary pairs back to Hugging Face's halves."""
+    return (weight.reshape(n_head, weight.shape[0] // n_head // 2, 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
 def llama_tensors(state: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
     """Hugging Face names -> llama.cpp names, Q/K permuted; a tied head is left to token_embd."""
     import gguf
@@ -120,6 +126,32 @@ def export_q8_0(model_dir: Path, out_path: Path, name: str) -> dict[str, int]:
     writer.write_tensors_to_file()
     writer.close()
     return counts
+
+
+def load_weights(path: Path, model) -> None:
+    """Put a GGUF file's tensors, dequantized exactly as llama.cpp reads them (Q8_0: int8 x fp16 scale per
+    32 values), into ``model`` (a Llama of the same shape): the file's own weights, evaluated in torch."""
+    import gguf
+    import torch
+
+    config = model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    stored = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    state = model.state_dict()
+    loaded = {}
+    for hf_name, current in state.items():
+        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        tensor = stored[names.get_name(hf_name, try_suffixes=(".weight", ".bias"))]
+        value = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(tuple(current.shape))
+        if hf_name.endswith("q_proj.weight"):
+            value = unpermute_rotary(value, config.num_attention_heads)
+        elif hf_name.endswith("k_proj.weight"):
+            value = unpermute_rotary(value, config.num_key_value_heads)
+        loaded[hf_name] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+    model.load_state_dict(loaded, strict=False)
+    if config.tie_word_embeddings:
+        model.tie_weights()
 
 
 def read_back(path: Path) -> dict:

@@ -19,12 +19,13 @@ from stages.core.contract import Stage, StageContext, StageResult
 from stages.core.tracking import register_artifact
 from stages.quantize import evaluate as ev_
 from stages.quantize.config import QuantizeConfig
-from stages.quantize.gguf_export import export_q8_0, read_back
+from stages.quantize.gguf_export import export_q8_0, load_weights, read_back
 from stages.quantize.storage import WEIGHTS, load_quantized, quantize_model, save_quantized
 
 TABLE = "variants.json"
 PLOT = "tradeoff.png"
 GGUF_FILE = "model-q8_0.gguf"
+GGUF_VARIANT = "gguf-q8_0"
 UNQUANTIZED = "fp32"
 
 
@@ -66,19 +67,19 @@ class QuantizeStage(Stage):
         base_model, tokenizer = load_policy(source, ev.threads)
         prompts = [r["prompt_text"] for r in rows_eval[:8]] or ["<|user|>\nHello<|end|>\n<|assistant|>\n"]
 
-        def measure(name: str, model, size: int) -> dict:
+        def measure(name: str, model, size: int, timed: bool = True) -> dict:
             model.eval()
             rates, _ = ev_.checker_pass_rate(model, tokenizer, rows_eval, ev, ctx.seed)
             row = {"variant": name, "bytes": size, "perplexity": ev_.perplexity(model, ctx.inputs["tokens"].path,
                                                                                ev.perplexity_sequences),
                    "pass_rate": rates.get("pass_rate", 0.0)}
-            for batch in ev.latency_batches:
+            for batch in ev.latency_batches if timed else ():
                 row[f"latency_ms_per_token_b{batch}"] = 1000 * ev_.latency_per_token(
                     model, tokenizer, prompts, batch, ev.latency_new_tokens, ev.latency_repeats)
-            ctx.log.info("quantize: %s %.2f MB, perplexity %.3f, pass rate %.3f, %s", name, size / 1e6,
+            ctx.log.info("quantize: %s %.2f MB, perplexity %.3f, pass rate %.3f%s", name, size / 1e6,
                          row["perplexity"], row["pass_rate"],
-                         ", ".join(f"{row[f'latency_ms_per_token_b{b}']:.2f} ms/token at batch {b}"
-                                   for b in ev.latency_batches))
+                         "".join(f", {row[f'latency_ms_per_token_b{b}']:.2f} ms/token at batch {b}"
+                                 for b in ev.latency_batches if timed))
             return row
 
         table = [measure(UNQUANTIZED, base_model, ev_.directory_bytes(source))]
@@ -90,10 +91,6 @@ class QuantizeStage(Stage):
             copy_tokenizer_files(source, out / variant)
             reloaded = load_quantized(out / variant)  # measured as deploy will load it
             table.append(measure(variant, reloaded, ev_.directory_bytes(out / variant / WEIGHTS)))
-        for row in table:
-            row["size_ratio"] = row["bytes"] / base["bytes"]
-            row["perplexity_delta"] = ev_.relative(row["perplexity"], base["perplexity"])
-            row["pass_rate_delta"] = row["pass_rate"] - base["pass_rate"]
         gguf_figures = {}
         if cfg.gguf:
             counts = export_q8_0(source, out / GGUF_FILE, f"lmforge-{ctx.pipeline_name or 'model'}")
@@ -101,10 +98,16 @@ class QuantizeStage(Stage):
             fields = read_back(out / GGUF_FILE)["fields"]
             gguf_figures = {"bytes": size, "size_ratio": size / base["bytes"], "tensor_types": counts,
                             "architecture": fields.get("general.architecture")}
-            table.append({"variant": "gguf-q8_0", "bytes": size, "size_ratio": size / base["bytes"],
-                          "perplexity": None, "perplexity_delta": None, "pass_rate": None,
-                          "note": "llama.cpp format: measured by bench/gguf_bench.py with llama-cpp-python"})
-        chosen, why = ev_.choose([r for r in table if r["perplexity"] is not None], cfg.choose.max_perplexity_increase,
+            model, _ = load_policy(source, ev.threads)
+            load_weights(out / GGUF_FILE, model)  # the file's Q8_0 weights, dequantized as llama.cpp does
+            table.append({**measure(GGUF_VARIANT, model, size, timed=False),
+                          "note": "the file's weights evaluated in torch; llama.cpp's speed: bench/gguf_bench.py"})
+        for row in table:
+            row["size_ratio"] = row["bytes"] / base["bytes"]
+            row["perplexity_delta"] = ev_.relative(row["perplexity"], base["perplexity"])
+            row["pass_rate_delta"] = row["pass_rate"] - base["pass_rate"]
+        # deploy serves torch folders: the GGUF file is measured, not a candidate
+        chosen, why = ev_.choose([r for r in table if r["variant"] != GGUF_VARIANT], cfg.choose.max_perplexity_increase,
                                  cfg.choose.max_pass_rate_drop, cfg.choose.max_latency_ratio)
         if chosen["variant"] == UNQUANTIZED:
             shutil.copytree(source, out / UNQUANTIZED)

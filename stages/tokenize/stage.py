@@ -207,6 +207,7 @@ class TokenizeStage(Stage):
                              f"mixture={cfg.mixture})")
 
         metrics, details = self._figures(cfg, totals, timings, sharded.documents, tokenizer_source, ids)
+        metrics.update(sharded.quarantine_metrics())
         details["tokenizer_sha256"] = meta["digest"]
         (tokens_dir / "stats.json").write_text(json.dumps(details, indent=2, sort_keys=True))
         ctx.log.info("tokenize: %d docs -> %d train + %d val tokens (%.2f chars/token), packing %.4f, "

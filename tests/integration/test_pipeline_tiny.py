@@ -88,7 +88,7 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_
         assert production.run_id == summary["stages"]["quantize"] and "production's" in gate["lmforge.gate"]
     _check_serve_and_generate(str(production.version))
     _check_keep_running(dpo_args, client, str(production.version))
-    _check_dashboard(summary, dpo, tmp_path, request)
+    _check_dashboard(summary, dpo, tmp_path, request, prefect_server["port"])
     _check_prefect_ui(summary, prefect_server, tmp_path, request)
 
 
@@ -104,14 +104,20 @@ def _check_prefect_ui(run: dict, prefect_server: dict, tmp_path: Path, request) 
     assert not missing, f"the flow-run page does not show {missing}"
 
 
-def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, request) -> None:
-    """`lmforge dashboard --out`: every stage in the DAG, every chart drawn with data, no script errors, in
-    headless Chromium (a screenshot goes to test-artifacts/)."""
+def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, request, prefect_port: int) -> None:
+    """`lmforge dashboard --out`: opens on the newest run of the whole DAG even after a partial run; every stage
+    in the DAG, every chart drawn with data (timeline, reasons, pass-rate labels, the chosen quantization variant
+    and the GGUF point, serving throughput and errors), the gate's decision, no script errors, in headless
+    Chromium (a screenshot goes to test-artifacts/)."""
     import re
 
     from tests.conftest import browse
 
+    partial = last_json(run_cli(["run", "--config", str(TINY), "--until", "ingest", "--set",
+                                 f"engines.prefect.port={prefect_port}"]).stdout)  # the newest run is partial
     page = tmp_path / "dashboard.html"
+    default = last_json(run_cli(["dashboard", "--out", str(page)]).stdout)
+    assert default["runs"][0] != partial["pipeline_run_id"] and partial["pipeline_run_id"] in default["runs"]
     written = last_json(run_cli(["dashboard", "--run", ppo_run["pipeline_run_id"], "--out", str(page)]).stdout)
     assert written["runs"][0] == ppo_run["pipeline_run_id"] and dpo_run["pipeline_run_id"] in written["runs"]
     chromium = request.getfixturevalue("chromium")  # skips here (after the pipeline checks) without a browser
@@ -121,9 +127,18 @@ def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, request) -> N
     for stage in ppo_run["stages"]:
         assert f'data-stage="{stage}"' in dom
     charts = dict(re.findall(r'id="chart-([a-z]+)"[^>]*data-points="(\d+)"', dom))
-    assert set(charts) == {"funnel", "pretrain", "sft", "reward", "ppo", "passrate", "quantization", "serving"}
+    assert set(charts) == {"timeline", "funnel", "reasons", "pretrain", "sft", "reward", "ppo", "passrate",
+                           "quantization", "serving"}
     assert all(int(points) > 0 for points in charts.values()), charts
+    assert re.search(r'id="panel-gate"[^>]*data-filled="1"', dom) and "promoted" in dom
+    assert "(chosen)" in dom and "gguf-q8_0" in dom  # the registered variant marked, the GGUF file plotted
+    assert "tokens/s with" in dom and "error(s) in" in dom  # serving throughput and errors
+    assert "quarantined: " in dom or "removed: " in dom  # why documents left
     assert re.search(r'<div id="errors">\s*</div>', dom)
+    partial_url = f"{page.as_uri()}?run={partial['pipeline_run_id']}"
+    last_json(run_cli(["dashboard", "--run", partial["pipeline_run_id"], "--out", str(page)]).stdout)
+    dom, errors = browse(chromium, partial_url, tmp_path / "profile-partial")
+    assert not errors and "not in this run" in dom and "is not part of this run" in dom
 
 
 def _check_keep_running(args: list[str], client: MlflowClient, version: str) -> None:
@@ -238,7 +253,7 @@ def _check_quantize(client: MlflowClient, runs: dict, tmp_path: Path) -> None:
     run = client.get_run(runs["quantize"])
     metrics = run.data.metrics
     assert metrics["int8.size_ratio"] <= 0.6 and metrics["int4.size_ratio"] <= 0.4
-    assert metrics["gguf-q8_0.size_ratio"] < 0.6
+    assert metrics["gguf-q8_0.size_ratio"] < 0.6 and abs(metrics["gguf-q8_0.perplexity_delta"]) < 0.05  # the file, evaluated
     for variant in ("fp32", "int8", "int4"):
         assert {f"{variant}.perplexity", f"{variant}.pass_rate", f"{variant}.latency_ms_per_token_b1",
                 f"{variant}.latency_ms_per_token_b8"} <= set(metrics)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stages.quantize import evaluate, storage
-from stages.quantize.gguf_export import export_q8_0, permute_rotary, read_back
+from stages.quantize.gguf_export import export_q8_0, load_weights, permute_rotary, read_back, unpermute_rotary
 from tests.conftest import make_tiny_model
 
 
@@ -72,6 +72,26 @@ def test_gguf_uses_llama_cpp_names_and_metadata(model_dir, tmp_path):
     values = gguf.quants.dequantize(stored.data, stored.tensor_type).reshape(64 // 2, 64)
     hf = model.model.layers[0].self_attn.k_proj.weight.detach().numpy()
     assert np.abs(values - permute_rotary(hf, 2)).max() < np.abs(hf).max() / 100
+
+
+def test_gguf_weights_load_back_into_the_model_within_q8_0_rounding(model_dir, tmp_path):
+    """What quantize evaluates as the GGUF variant: the file's dequantized tensors, Q/K back in Hugging Face's
+    rotary layout, give the model's logits up to Q8_0 rounding (a layout error would scramble them)."""
+    from transformers import AutoModelForCausalLM
+
+    weight = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+    assert np.array_equal(unpermute_rotary(permute_rotary(weight, 2), 2), weight)
+    path = tmp_path / "m.gguf"
+    export_q8_0(model_dir, path, "lmforge-test")
+    reference = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    torch.nn.init.zeros_(model.model.layers[0].self_attn.q_proj.weight)  # proves the file's values go in
+    load_weights(path, model)
+    ids = torch.randint(0, reference.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        full, read = reference(ids).logits, model(ids).logits
+    assert 0 < (read - full).abs().max() < 0.05 * full.abs().max()
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
 
 def test_choice_is_the_smallest_variant_within_every_budget_and_says_why():
