@@ -87,7 +87,7 @@ def run_stage(name: str, config: dict[str, Any], stage_runs: dict[str, str], par
         "cache_hit": result.cache_hit,
         "counts": result.counts,
         "metrics": result.manifest.get("metrics", {}),
-        "duration_s": round(duration, 2),
+        "duration_s": round(duration, 3),
         "lookup_s": round(result.duration_s, 2),
     }
 

@@ -56,7 +56,9 @@ class LMServer:
         self.model_name, self.api_key = model_name, api_key
         self.limits = Limits(**(limits or {}))
         self.created = now()
-        self.scheduler: Scheduler | None = None
+        self.scheduler: Scheduler | None = None  # set, with the tokenizer and context, once the model is in
+        self.tokenizer = None
+        self.context: int | None = None
         self.load_error: str | None = None
         # the model loads beside the event loop, so /health says "loading" at once instead of the
         # request waiting for a replica that is still reading its weights
