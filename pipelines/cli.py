@@ -296,9 +296,12 @@ def ui(
         ]
     except LmforgeError as exc:
         raise fail(exc) from None
+    from stages.core.tracking import ui_link
+
     for server in servers:
         how = "started" if server.started else "already running"
-        typer.echo(f"{server.name}: {server.url} ({how})", err=True)
+        url = ui_link(server.url) if server.name == "mlflow" else server.url  # the classic runs view
+        typer.echo(f"{server.name}: {url} ({how})", err=True)
     _emit({server.name: server.url for server in servers})
 
 

@@ -28,7 +28,7 @@ from pipelines.executors import InlineExecutor, RayJobExecutor
 from pipelines.dag import stages_to_run
 from pipelines.rerun import CONFIG_ARTIFACT, RunPlan, plan_rerun
 from stages.core.errors import Cancelled, LmforgeError, StageError
-from stages.core.tracking import Tracker
+from stages.core.tracking import Tracker, ui_link
 
 
 class PipelineFailed(LmforgeError):
@@ -96,23 +96,27 @@ def _summary_markdown(cfg: PipelineConfig, tracker: Tracker, parent: str, result
                       failed: str | None, plan: RunPlan) -> str:
     from pipelines.runs import is_key_figure
 
-    ui = f"http://127.0.0.1:{cfg.engines.mlflow.ui_port}/#/experiments/{tracker.experiment_id}/runs"
+    base = f"http://127.0.0.1:{cfg.engines.mlflow.ui_port}"
+
+    def ui(run_id: str) -> str:
+        return ui_link(base, tracker.experiment_id, run_id)
+
     lines = [
         f"# lmforge pipeline `{cfg.pipeline.name}`",
         "",
-        f"MLflow parent run [`{parent}`]({ui}/{parent}) (experiment `{tracker.experiment_name}`; "
+        f"MLflow parent run [`{parent}`]({ui(parent)}) (experiment `{tracker.experiment_name}`; "
         "`lmforge ui` starts the MLflow UI)",
     ]
     lines.append(f"Dashboard: `lmforge dashboard --run {parent}`, then http://127.0.0.1:8050/?run={parent}")
     if plan.rerun_of:
-        lines.append(f"Rerun of [`{plan.rerun_of}`]({ui}/{plan.rerun_of}); forced: {', '.join(plan.force) or 'none'}")
+        lines.append(f"Rerun of [`{plan.rerun_of}`]({ui(plan.rerun_of)}); forced: {', '.join(plan.force) or 'none'}")
     lines += ["", "| stage | MLflow run | cache hit | duration (s) | counts | key figures |",
               "| --- | --- | --- | --- | --- | --- |"]
     for name, info in results.items():
         counts = ", ".join(f"{k}={v}" for k, v in info["counts"].items())
         figures = ", ".join(f"{k}={v:.4g}" for k, v in info["metrics"].items()
                             if isinstance(v, (int, float)) and is_key_figure(f"{name}.{k}"))
-        lines.append(f"| {name} | [`{info['run_id'][:12]}`]({ui}/{info['run_id']}) | "
+        lines.append(f"| {name} | [`{info['run_id'][:12]}`]({ui(info['run_id'])}) | "
                      f"{'yes' if info['cache_hit'] else 'no'} | {info['duration_s']}"
                      f"{' (when computed)' if info['cache_hit'] else ''} | {counts} | {figures} |")
     if failed:

@@ -29,6 +29,14 @@ PARENT_TAG = "mlflow.parentRunId"
 # model-training experiments, which it shows in the classic runs view
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI picks GenAI or classic by its own switch, which a link sets with this query
+CLASSIC_VIEW = "workflowType=machine_learning"
+
+
+def ui_link(base: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """A link into the MLflow UI that opens in the classic (model-training) view."""
+    path = "#/experiments" + (f"/{experiment_id}/runs" if experiment_id else "") + (f"/{run_id}" if run_id else "")
+    return f"{base.rstrip('/')}/{path}?{CLASSIC_VIEW}"
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
 

@@ -243,5 +243,11 @@ def test_mlflow_compare_page_shows_both_pipeline_runs(ops, chromium, tmp_path):
         dom, errors = browse(chromium, url, tmp_path / "profile", screenshot="mlflow-compare.png", budget_ms=30000)
         assert all(name in dom for name in names), names
         assert "dedup.threshold" in dom and "0.85" in dom
+        # the experiment link lmforge prints opens MLflow's classic runs view, not its GenAI overview
+        from stages.core.tracking import ui_link
+
+        link = ui_link(ui["mlflow"], experiment(client))
+        dom, _ = browse(chromium, link, tmp_path / "profile-runs", screenshot="mlflow-runs.png", budget_ms=30000)
+        assert all(name in dom for name in names) and "Detect Issues" not in dom
     finally:
         run_cli(["down"], env=ops["env"], check=False)
