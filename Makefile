@@ -11,7 +11,7 @@ demo: setup
 
 ## the whole test suite (what CI runs)
 test: setup
-	.venv/bin/python -m pytest -ra
+	.venv/bin/python -m pytest -ra --durations=30
 
 ## refresh requirements.lock from pyproject.toml in a scratch venv (maintainers only)
 lock:

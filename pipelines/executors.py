@@ -105,7 +105,7 @@ class RayJobExecutor:
         submit = dict(
             entrypoint=self.entrypoint(name, stage_runs, output, reuse),
             submission_id=f"lmforge-{name}-{uuid.uuid4().hex[:10]}",
-            runtime_env={"working_dir": str(job_dir), "env_vars": env},
+            runtime_env=job_runtime_env(job_dir, env),
             metadata={"lmforge.stage": name, "lmforge.pipeline_run_id": self.parent_run_id},
         )
         deadline = time.time() + engine.submit_timeout_s
@@ -144,6 +144,16 @@ class RayJobExecutor:
         root = self.tracker.artifacts_path(summary["run_id"])
         return StageRun(name, root, read_manifest(root), run_id=summary["run_id"],
                         cache_hit=bool(summary.get("cache_hit")), duration_s=time.time() - started)
+
+
+def job_runtime_env(job_dir: Path, env: dict[str, str]) -> dict:
+    """The job's working dir and environment, with the quiet-logs hook every lmforge Ray job carries (a driver
+    inside a job cannot add it to ``ray.init`` itself)."""
+    from stages.core.quiet import ray_runtime_env
+
+    quiet = ray_runtime_env()
+    return {"working_dir": str(job_dir), "env_vars": {**quiet["env_vars"], **env},
+            "worker_process_setup_hook": quiet["worker_process_setup_hook"]}
 
 
 def use_cluster_token() -> None:

@@ -42,8 +42,9 @@ def _init(ray, address: str | None, num_cpus: float | None) -> None:
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    common = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True,
-                  runtime_env=ray_runtime_env())  # workers silence the noise the driver does
+    common = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:  # inside a Ray job, the submission carries it
+        common["runtime_env"] = ray_runtime_env()  # workers silence the noise the driver does
     if address:
         log.info("connecting to Ray cluster at %s", address)
         ray.init(address=address, **common)

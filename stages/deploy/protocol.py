@@ -44,7 +44,7 @@ class _Sampling(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a field we do not know is refused, never dropped in silence
 
     model: str
-    max_tokens: Optional[StrictInt] = Field(None, description="Tokens to generate (at least 1).")
+    max_tokens: Optional[StrictInt] = Field(None, ge=1, description="Tokens to generate (at least 1).")
     user: Optional[str] = Field(None, description="An end-user id (no effect on the answer).")
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -54,13 +54,6 @@ class _Sampling(BaseModel):
     stop: Optional[Union[str, list[str]]] = None
     seed: Optional[StrictInt] = Field(None, ge=0, le=MAX_SEED)
     ignore_eos: StrictBool = Field(False, description="vLLM's extra: generate max_tokens tokens, no early stop.")
-
-    @field_validator("max_tokens")
-    @classmethod
-    def _positive(cls, value):
-        if value is not None and value < 1:
-            raise ValueError("max_tokens must be at least 1")
-        return value
 
     @field_validator("stop")
     @classmethod
@@ -104,14 +97,7 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_completion_tokens: Optional[StrictInt] = Field(None, description="OpenAI's newer name for max_tokens.")
-
-    @field_validator("max_completion_tokens")
-    @classmethod
-    def _positive_completion(cls, value):
-        if value is not None and value < 1:
-            raise ValueError("max_completion_tokens must be at least 1")
-        return value
+    max_completion_tokens: Optional[StrictInt] = Field(None, ge=1, description="OpenAI's newer name for max_tokens.")
 
     @field_validator("messages")
     @classmethod
