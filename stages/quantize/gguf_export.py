@@ -148,7 +148,7 @@ def load_weights(path: Path, model) -> None:
             value = unpermute_rotary(value, config.num_attention_heads)
         elif hf_name.endswith("k_proj.weight"):
             value = unpermute_rotary(value, config.num_key_value_heads)
-        loaded[hf_name] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        loaded[hf_name] = torch.tensor(value, dtype=torch.float32)  # a copy: the reader maps the file read-only
     model.load_state_dict(loaded, strict=False)
     if config.tie_word_embeddings:
         model.tie_weights()
