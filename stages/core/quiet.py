@@ -30,6 +30,7 @@ NOISY_LOGGERS = {
     "ray.serve": logging.WARNING,  # one access-log line per request
     "ray.train": logging.WARNING, "ray.tune": logging.WARNING, "ray.data": logging.WARNING,
     "prefect.events": logging.ERROR,
+    "gguf": logging.WARNING,  # "This GGUF file is for Little Endian only", the files it writes
 }
 
 # (message regex, category) of warnings.warn calls that carry no information about the run
@@ -45,6 +46,7 @@ NOISY_WARNINGS = [
 
 QUIET_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # tqdm bars on every artifact download
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' "Loading weights" / "Writing model shards" bars
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "RAY_DEDUP_LOGS": "1",
