@@ -58,11 +58,14 @@ def start(model_dir: Path, model_name: str, host: str = "127.0.0.1", port: int =
     """Deploy the app and wait for /health; returns the base URL."""
     from ray import serve
 
+    from stages.core.quiet import verbose
     from stages.deploy.app import build
 
-    serve.start(http_options={"host": host, "port": port})
+    # Serve's controller, proxy and replica INFO lines and one access-log line per request, unless --verbose
+    logs = None if verbose() else {"log_level": "WARNING", "enable_access_log": False}
+    serve.start(http_options={"host": host, "port": port}, logging_config=logs)
     serve.run(build(model_dir, model_name, api_key, limits, threads, max_batch_size, batch_wait_s),
-              name=APP_NAME, route_prefix="/", blocking=False)
+              name=APP_NAME, route_prefix="/", blocking=False, logging_config=logs)
     url = f"http://{host}:{port}"
     deadline = time.time() + timeout_s
     last = "no answer"
