@@ -27,7 +27,8 @@ NOISY_LOGGERS = {
     "filelock": logging.WARNING, "trafilatura": logging.WARNING, "htmldate": logging.WARNING,
     "charset_normalizer": logging.WARNING, "matplotlib": logging.WARNING,
     "transformers": logging.ERROR,  # generation-config and loading notes a pipeline cannot act on
-    "ray.serve": logging.WARNING,  # one access-log line per request
+    "ray.serve": logging.WARNING,  # "Started Serve in namespace", one access-log line per request
+    "ray._private.authentication": logging.ERROR,  # "Token authentication is enabled for this Ray cluster"
     "ray.train": logging.WARNING, "ray.tune": logging.WARNING, "ray.data": logging.WARNING,
     "prefect.events": logging.ERROR,
     "gguf": logging.WARNING,  # "This GGUF file is for Little Endian only", the files it writes

@@ -58,9 +58,10 @@ def start(model_dir: Path, model_name: str, host: str = "127.0.0.1", port: int =
     """Deploy the app and wait for /health; returns the base URL."""
     from ray import serve
 
-    from stages.core.quiet import verbose
+    from stages.core.quiet import quiet_third_party, verbose
     from stages.deploy.app import build
 
+    quiet_third_party()  # again: importing Serve set its driver logger back to INFO
     # Serve's controller, proxy and replica INFO lines and one access-log line per request, unless --verbose
     logs = None if verbose() else {"log_level": "WARNING", "enable_access_log": False}
     serve.start(http_options={"host": host, "port": port}, logging_config=logs)
