@@ -11,17 +11,11 @@ from typing import Any
 
 from pipelines import runs
 
-CURVES = {  # chart -> (stage, metric) series, as the stages log them step by step
-    "pretrain": [("pretrain", "loss"), ("pretrain", "val_loss")],
-    "sft": [("sft", "loss"), ("sft", "heldout_loss"), ("dpo", "loss")],
-    "reward": [("reward", "accuracy"), ("reward", "heldout_accuracy")],
-    "ppo": [("ppo", "reward"), ("ppo", "kl"), ("ppo", "rollout_pass_rate")],
-}
-FAMILY_SOURCES = [("sft", "base"), ("sft", "sft"), ("ppo", "ppo"), ("dpo", "dpo")]
-QUANT_VARIANTS = ["fp32", "int8", "int4", "gguf-q8_0"]
-DOCUMENT_STAGES = ["ingest", "dedup", "quality", "tokenize"]
-DEDUP_REASONS = {"exact_removed": "exact duplicate", "near_removed": "near duplicate",
-                 "boilerplate_removed": "only boilerplate"}
+def _declared() -> list:
+    """(name, dashboard declaration) of every registered stage, in DAG order: what the page draws of each."""
+    from stages.registry import dag_order, stage_class
+
+    return [(name, stage_class(name).dashboard) for name in dag_order()]
 
 
 def _history(client, run_id: str, metric: str) -> list[list[float]]:
@@ -30,55 +24,82 @@ def _history(client, run_id: str, metric: str) -> list[list[float]]:
 
 def _funnel(m: dict[str, float]) -> list[dict[str, Any]]:
     steps = []
-    for stage, mb_key in (("ingest", "ingest.text_mb"), ("dedup", "dedup.chars_kept"), ("quality", "quality.chars_kept")):
-        if f"{stage}.kept" in m:
-            mb = m.get(mb_key)
-            steps.append({"step": stage, "docs": m[f"{stage}.kept"],
-                          "mb": mb if stage == "ingest" else (mb or 0) / 1e6})
-    if "tokenize.train_docs" in m:
-        steps.append({"step": "tokenize", "docs": m["tokenize.train_docs"] + m.get("tokenize.val_docs", 0),
-                      "mb": None, "tokens": m.get("tokenize.train_tokens")})
+    for stage, shown in _declared():
+        step = shown.funnel
+        if step is None or not all(f"{stage}.{d}" in m for d in step.docs[:1]):
+            continue
+        mb = m.get(f"{stage}.{step.mb}") if step.mb else None
+        steps.append({"step": stage, "docs": sum(m.get(f"{stage}.{d}", 0) for d in step.docs),
+                      "mb": None if step.mb is None else (mb or 0) * step.mb_per_unit,
+                      **({"tokens": m.get(f"{stage}.{step.tokens}")} if step.tokens else {})})
     return steps
 
 
 def _reasons(m: dict[str, float]) -> dict[str, dict[str, float]]:
     """{stage: {"removed: why" or "quarantined: why": documents}}: why documents left each document stage."""
     out: dict[str, dict[str, float]] = {}
-    for stage in DOCUMENT_STAGES:
+    for stage, shown in _declared():
         reasons: dict[str, float] = {}
-        prefix = f"{stage}.quarantined."
+        quarantined = f"{stage}.quarantined."
         for key, value in m.items():
-            if key.startswith(prefix) and value:
-                reasons[f"quarantined: {key[len(prefix):]}"] = value
-            elif stage == "quality" and key.startswith("quality.funnel.") and key.endswith(".removed") and value:
-                reasons[f"removed: {key[len('quality.funnel.'):-len('.removed')]}"] = value
-        if stage == "dedup":
-            reasons.update({f"removed: {why}": m[f"dedup.{key}"] for key, why in DEDUP_REASONS.items()
-                            if m.get(f"dedup.{key}")})
+            if not value or not key.startswith(f"{stage}."):
+                continue
+            figure = key[len(stage) + 1:]
+            if shown.quarantines and key.startswith(quarantined):
+                reasons[f"quarantined: {key[len(quarantined):]}"] = value
+            for pattern, why in shown.removed.items():
+                part = _star(pattern, figure)
+                if part is not None:
+                    reasons[f"removed: {why.replace('*', part)}"] = value
         if reasons:
             out[stage] = reasons
     return out
 
 
+def _star(pattern: str, figure: str) -> str | None:
+    """What ``*`` stands for when ``figure`` matches ``pattern`` (``""`` for a pattern without one), else None."""
+    head, star, tail = pattern.partition("*")
+    if not star:
+        return "" if figure == pattern else None
+    if figure.startswith(head) and figure.endswith(tail) and len(figure) > len(head) + len(tail):
+        part = figure[len(head):len(figure) - len(tail)]
+        return part if "." not in part else None
+    return None
+
+
 def _pass_rates(m: dict[str, float]) -> dict[str, dict[str, float]]:
     rates: dict[str, dict[str, float]] = {}
-    for stage, model in FAMILY_SOURCES:
-        prefix = f"{stage}.{model}.pass_rate."
-        per_family = {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
-        if per_family:
-            rates[model] = per_family
+    for stage, shown in _declared():
+        for model in shown.pass_rates:
+            prefix = f"{stage}.{model}.pass_rate."
+            per_family = {k[len(prefix):]: v for k, v in m.items()
+                          if k.startswith(prefix) and "." not in k[len(prefix):]}
+            if per_family:
+                rates[model] = per_family
     return rates
 
 
 def _quantization(m: dict[str, float]) -> list[dict[str, Any]]:
     rows = []
-    for variant in QUANT_VARIANTS:
+    variants = [k.split(".")[1] for k in m if k.startswith("quantize.") and k.endswith(".size_ratio")]
+    for variant in sorted(variants, key=lambda v: (v != "fp32", v)):
         if f"quantize.{variant}.size_ratio" in m:
             rows.append({"variant": variant, "size_ratio": m[f"quantize.{variant}.size_ratio"],
                          "perplexity_delta": m.get(f"quantize.{variant}.perplexity_delta"),
                          "pass_rate_delta": m.get(f"quantize.{variant}.pass_rate_delta"),
                          "ms_per_token_b1": m.get(f"quantize.{variant}.latency_ms_per_token_b1")})
     return rows
+
+
+def _chart_stages() -> dict[str, str]:
+    """chart or panel -> the stage that fills it (first declared), so the page can say which stage a run
+    left out when a chart is empty."""
+    owner: dict[str, str] = {}
+    for stage, shown in _declared():
+        for chart in (*shown.curves, *shown.panels, *(["passrate"] if shown.pass_rates else []),
+                      *(["funnel"] if shown.funnel else []), *(["reasons"] if shown.quarantines else [])):
+            owner.setdefault(chart, stage)
+    return owner
 
 
 def _stage_tags(client, stage_runs: dict[str, str], stage: str) -> dict[str, str]:
@@ -109,18 +130,19 @@ def _timeline(stages: list[dict[str, Any]], started: int) -> list[dict[str, Any]
 
 
 def pipeline_view(client, run) -> dict[str, Any]:
-    from pipelines.dag import stages_to_run
+    from pipelines.dag import pipeline_choices, stages_to_run
 
     described = runs.describe(client, run)
     m = run.data.metrics
     stage_runs = {s["stage"]: s["run_id"] for s in described["stages"] if s["run_id"]}
     curves: dict[str, list[dict[str, Any]]] = {}
-    for chart, series in CURVES.items():
-        curves[chart] = [{"name": f"{stage} {metric}", "points": _history(client, stage_runs[stage], metric)}
-                         for stage, metric in series if stage in stage_runs]
-        curves[chart] = [c for c in curves[chart] if c["points"]]
+    for stage, shown in _declared():
+        for chart, metrics in shown.curves.items():
+            lines = [{"name": f"{stage} {metric}", "points": _history(client, stage_runs[stage], metric)}
+                     for metric in metrics if stage in stage_runs]
+            curves.setdefault(chart, []).extend(c for c in lines if c["points"])
     planned = [s["stage"] for s in described["stages"]]
-    dag = stages_to_run(None, run.data.params.get("pipeline.alignment", "ppo"))
+    dag = stages_to_run(None, pipeline_choices(run.data.params))
     left_out = [name for name in dag if name not in planned]  # --until, or a rerun with --only
     serving = {k.split(".", 1)[1]: v for k, v in m.items() if k.startswith("deploy.latency_p")}
     deploy = _stage_tags(client, stage_runs, "deploy")
@@ -131,6 +153,7 @@ def pipeline_view(client, run) -> dict[str, Any]:
         "stages": described["stages"], "left_out": left_out, "timeline": _timeline(described["stages"],
                                                                                   run.info.start_time),
         "funnel": _funnel(m), "reasons": _reasons(m), "curves": curves, "pass_rates": _pass_rates(m),
+        "chart_stage": _chart_stages(),
         "quantization": _quantization(m),
         "quantized": {"chosen": quantize.get("lmforge.quantized_variant"), "why": quantize.get("lmforge.choice")},
         "gate": {"promoted": deploy.get("lmforge.promoted"), "reason": deploy.get("lmforge.gate"),
@@ -144,10 +167,10 @@ def pipeline_view(client, run) -> dict[str, Any]:
 
 def _whole(run) -> bool:
     """A finished run of the whole DAG (not --until, not a rerun with --only): what the page opens on."""
-    from pipelines.dag import stages_to_run
+    from pipelines.dag import pipeline_choices, stages_to_run
 
     planned = [s for s in run.data.tags.get("lmforge.stages", "").split(",") if s]
-    dag = stages_to_run(None, run.data.params.get("pipeline.alignment", "ppo"))
+    dag = stages_to_run(None, pipeline_choices(run.data.params))
     return run.info.status == "FINISHED" and bool(planned) and planned[-1] == dag[-1]
 
 

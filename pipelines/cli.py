@@ -165,7 +165,7 @@ def _run_flow(cfg, until: Optional[str], flow_params: dict[str, Any]) -> dict[st
 
     from pipelines.dag import stages_to_run
 
-    stages_to_run(until, cfg.pipeline.alignment)  # fail fast on a bad --until, before starting servers
+    stages_to_run(until, cfg.pipeline.model_dump())  # fail fast on a bad --until, before starting servers
     prefect = cfg.engines.prefect
     server = ensure_prefect(prefect.host, prefect.port, prefect.api_url, prefect.startup_timeout_s)
     os.environ.update(prefect_env())
@@ -189,7 +189,7 @@ def _dry_run(cfg, until: Optional[str]) -> dict[str, Any]:
     from stages.core.tracking import Tracker
     from stages.registry import get_stage
 
-    names = stages_to_run(until, cfg.pipeline.alignment)
+    names = stages_to_run(until, cfg.pipeline.model_dump())
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
     executor = InlineExecutor(cfg, tracker, parent_run_id=None)
     typer.echo("DAG: " + " -> ".join(names))

@@ -1,42 +1,33 @@
 """The pipeline config: ``pipeline`` and ``engines`` sections plus one section per stage.
 
-Loaded from YAML, overridden with ``--set section.field=value``, validated with models
-that forbid unknown keys; errors name the field and what is allowed (exit code 2).
+The stage sections are not listed here: ``PipelineConfig`` is assembled from the
+registered stages (each stage's name and config model), so a plugin's stage gets its
+section, its ``--set`` overrides and its place in ``lmforge config schema`` by being
+installed. Loaded from YAML, overridden with ``--set section.field=value``, validated
+with models that forbid unknown keys; errors name the field and what is allowed (exit 2).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+import functools
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
 from stages.core.configuration import StrictModel, apply_overrides, load_yaml, validate
 from stages.core.errors import ConfigError
-from stages.align_data.config import AlignDataConfig
-from stages.dedup.config import DedupConfig
-from stages.ingest.config import IngestConfig
-from stages.quality.config import QualityConfig
-from stages.pretrain.config import PretrainConfig
-from stages.dpo.config import DPOConfig
-from stages.quantize.config import QuantizeConfig
-from stages.deploy.config import DeployConfig
-from stages.ppo.config import PPOConfig
-from stages.reward.config import RewardConfig
-from stages.sft.config import SFTConfig
-from stages.tokenize.config import TokenizeConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
 
 
-class PipelineSection(StrictModel):
+class PipelineSectionBase(StrictModel):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$",
                       description="Config name: the MLflow experiment and the registered-model prefix lmforge-<name>-*.")
     seed: int = Field(1234, description="Seed every stage derives its randomness from.")
     retries: int = Field(0, ge=0, le=10, description="Prefect retries of a failed stage task.")
     retry_delay_s: float = Field(5.0, ge=0, description="Seconds between retries.")
-    alignment: Literal["ppo", "dpo"] = Field("ppo", description="After sft: reward model + PPO, or DPO alone.")
 
 
 class RayEngine(StrictModel):
@@ -75,48 +66,81 @@ class EnginesConfig(StrictModel):
     prefect: PrefectEngine = Field(default_factory=PrefectEngine)
 
 
-class PipelineConfig(StrictModel):
-    pipeline: PipelineSection = Field(default_factory=PipelineSection)
+class PipelineConfigBase(StrictModel):
+    pipeline: PipelineSectionBase = Field(default_factory=PipelineSectionBase)
     engines: EnginesConfig = Field(default_factory=EnginesConfig)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
-    quality: QualityConfig = Field(default_factory=QualityConfig)
-    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
-    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
-    align_data: AlignDataConfig = Field(default_factory=AlignDataConfig)
-    sft: SFTConfig = Field(default_factory=SFTConfig)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
-    ppo: PPOConfig = Field(default_factory=PPOConfig)
-    dpo: DPOConfig = Field(default_factory=DPOConfig)
-    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
-    deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     def stage_config(self, name: str) -> StrictModel:
         return getattr(self, name)
 
     @model_validator(mode="after")
-    def _reward_lm_term_needs_a_tied_head(self):
-        if self.reward.lm_coef and not self.pretrain.model.tie_embeddings:
-            raise ValueError("reward.lm_coef trains the backbone's tied LM head, but pretrain.model.tie_embeddings is "
-                             "false: set one of them (reward.lm_coef: 0 or tie_embeddings: true)")
+    def _stages_agree(self):
+        """Rules that span stages, each declared by the stage that needs it (``Stage.check_pipeline``)."""
+        from stages.registry import stage_classes
+
+        for cls in stage_classes().values():
+            cls.check_pipeline(self)
         return self
 
 
-def load_config(path: Optional[Path] = None, overrides: list[str] | None = None) -> PipelineConfig:
+def _choice_fields() -> dict[str, Any]:
+    """``pipeline.<field>`` for each ``runs_when`` key the stages declare: its allowed values are the ones
+    declared, its default the first stage's (in listing order)."""
+    from stages.registry import stage_classes
+
+    values: dict[str, dict[str, list[str]]] = {}
+    for name, cls in stage_classes().items():
+        for key, value in cls.runs_when.items():
+            values.setdefault(key, {}).setdefault(value, []).append(name)
+    fields = {}
+    for key, by_value in values.items():
+        allowed = tuple(by_value)
+        what = "; ".join(f"{v}: runs {', '.join(stages)}" for v, stages in by_value.items())
+        fields[key] = (Literal[allowed], Field(allowed[0], description=f"Which stages run ({what})."))
+    return fields
+
+
+def pipeline_config_model() -> type[PipelineConfigBase]:
+    """The whole config's model: ``pipeline``, ``engines`` and a section per registered stage."""
+    from stages.registry import stage_classes
+
+    return _assemble(tuple(stage_classes().items()))
+
+
+@functools.cache
+def _assemble(classes: tuple) -> type[PipelineConfigBase]:
+    from stages.registry import dag_order, stage_class
+
+    section = create_model("PipelineSection", __base__=PipelineSectionBase, **_choice_fields())
+    stages = {name: (stage_class(name).config_model, Field(default_factory=stage_class(name).config_model,
+                                                          description=stage_class(name).summary or None))
+              for name in dag_order()}
+    return create_model("PipelineConfig", __base__=PipelineConfigBase,
+                        pipeline=(section, Field(default_factory=section)), **stages)
+
+
+def __getattr__(name: str):
+    if name == "PipelineConfig":  # assembled on first use, after the stages are discovered
+        return pipeline_config_model()
+    if name == "PipelineSection":
+        return pipeline_config_model().model_fields["pipeline"].annotation
+    raise AttributeError(name)
+
+
+if TYPE_CHECKING:
+    PipelineConfig = PipelineConfigBase
+
+
+def load_config(path: Optional[Path] = None, overrides: list[str] | None = None) -> PipelineConfigBase:
     """Defaults <- YAML file <- ``--set`` overrides, validated."""
     path = Path(path) if path else DEFAULT_CONFIG
     data = apply_overrides(load_yaml(path), overrides or [])
     return from_dict(data)
 
 
-def from_dict(data: dict[str, Any]) -> PipelineConfig:
-    known = set(PipelineConfig.model_fields)
-    unknown = [key for key in data if key not in known]
+def from_dict(data: dict[str, Any]) -> PipelineConfigBase:
+    model = pipeline_config_model()
+    unknown = [key for key in data if key not in model.model_fields]
     if unknown:
-        from stages.registry import STAGE_ORDER
-
-        later = [key for key in unknown if key in STAGE_ORDER]
-        if later:
-            raise ConfigError(f"section(s) {later} name stages that are not implemented yet; allowed: {', '.join(sorted(known))}")
-        raise ConfigError(f"unknown key '{unknown[0]}'; allowed: {', '.join(PipelineConfig.model_fields)}")
-    return validate(PipelineConfig, data)  # type: ignore[return-value]
+        raise ConfigError(f"unknown key '{unknown[0]}'; allowed: {', '.join(model.model_fields)}")
+    return validate(model, data)  # type: ignore[return-value]

@@ -1,27 +1,41 @@
-"""Which stages a run covers. Kept free of Prefect so the CLI can check ``--until``
-(and do a dry run) before Prefect is imported and configured."""
+"""Which stages a run covers, from the stages' declarations. Kept free of Prefect so the CLI
+can check ``--until`` (and do a dry run) before Prefect is imported and configured."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from stages.core.errors import ConfigError
-from stages.registry import STAGE_ORDER, implemented
+from stages.registry import dag_order, stage_class
 
 
-# pipeline.alignment chooses the path after sft: reward -> ppo, or dpo alone
-SKIPPED_BY_ALIGNMENT = {"ppo": ("dpo",), "dpo": ("reward", "ppo")}
+def chosen(name: str, choices: Mapping[str, Any]) -> bool:
+    """Whether a stage runs under these pipeline-section values (``runs_when``: e.g. ``alignment: dpo``)."""
+    return all(str(choices.get(key)) == value for key, value in stage_class(name).runs_when.items())
 
 
-def stages_to_run(until: str | None, alignment: str = "ppo") -> list[str]:
-    skipped = SKIPPED_BY_ALIGNMENT[alignment]
-    names = [n for n in implemented() if n not in skipped]
+def stages_to_run(until: str | None, choices: Mapping[str, Any]) -> list[str]:
+    """The stages this config runs, in DAG order, through ``until`` (``rerun`` and ``resume`` start from
+    a stage of this list)."""
+    names = [n for n in dag_order() if chosen(n, choices)]
     if until is None:
         return names
-    if until not in STAGE_ORDER:
+    if until not in dag_order():
         raise ConfigError(f"--until: unknown stage '{until}'; allowed: {', '.join(names)}")
-    if until in skipped:
-        raise ConfigError(f"--until {until}: pipeline.alignment is '{alignment}', which runs "
-                          f"{' -> '.join(n for n in names if n in ('sft', 'reward', 'ppo', 'dpo'))}; "
-                          f"set pipeline.alignment={'dpo' if until == 'dpo' else 'ppo'} to run {until}")
     if until not in names:
-        raise ConfigError(f"--until: stage '{until}' is not implemented yet; allowed: {', '.join(names)}")
+        wanted = stage_class(until).runs_when
+        now = ", ".join(f"pipeline.{k} is '{choices.get(k)}'" for k in wanted)
+        sets = " ".join(f"pipeline.{k}={v}" for k, v in wanted.items())
+        raise ConfigError(f"--until {until}: {now}, which does not run it; set {sets} to run {until}")
     return names[: names.index(until) + 1]
+
+
+def upstream_in_run(name: str, names: list[str]) -> list[str]:
+    """The stages of this run that ``name`` reads from: the edges the flow wires."""
+    return [up for up in names if up in stage_class(name).upstream()]
+
+
+def pipeline_choices(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``pipeline.*`` values of a run's logged params, for ``stages_to_run`` on a past run."""
+    return {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("pipeline.")}

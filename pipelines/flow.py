@@ -1,8 +1,10 @@
 """The lmforge Prefect flow: one task per stage, in DAG order, each run through an executor.
 
 The flow owns the MLflow parent run (tagged with the Prefect flow-run id); each task
-returns its stage's MLflow run id, which downstream tasks read their inputs from.
-Stage reuse is decided by the MLflow cache key alone, so Prefect's task cache is off.
+returns its stage's MLflow run id, and a task is handed the run ids of the stages its
+inputs declare, and only those: Prefect draws its edges from them, so the flow-run graph
+is the DAG's. Stage reuse is decided by the MLflow cache key alone, so Prefect's task
+cache is off.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from prefect.runtime import flow_run
 
 from pipelines.config import PipelineConfig, from_dict, load_config
 from pipelines.executors import InlineExecutor, RayJobExecutor
-from pipelines.dag import stages_to_run
+from pipelines.dag import stages_to_run, upstream_in_run
 from pipelines.rerun import CONFIG_ARTIFACT, RunPlan, plan_rerun
 from stages.core.errors import Cancelled, LmforgeError, StageError
 from stages.core.tracking import Tracker, ui_link
@@ -191,7 +193,7 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
     plan = resolve_plan(config, until, config_path, overrides, rerun_stage, rerun_from, only)
     cfg = plan.config
     config = cfg.model_dump(mode="json")
-    names = stages_to_run(plan.until, cfg.pipeline.alignment)
+    names = stages_to_run(plan.until, cfg.pipeline.model_dump())
     flow_run_id = str(flow_run.id)
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
     tags = {
@@ -223,7 +225,8 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
             info = run_stage.with_options(
                 name=name, task_run_name=name, retries=cfg.pipeline.retries,
                 retry_delay_seconds=cfg.pipeline.retry_delay_s, retry_condition_fn=_not_cancelled,
-            )(name, config, dict(stage_runs), parent, name not in plan.force)
+            )(name, config, {up: stage_runs[up] for up in upstream_in_run(name, names) if up in stage_runs}, parent,
+              name not in plan.force)
         except Exception as exc:  # noqa: BLE001 - recorded on the parent run, then re-raised
             failed, error = name, exc
             break

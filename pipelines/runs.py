@@ -5,7 +5,6 @@ print it, ``lmforge cancel`` and ``lmforge gc`` act on it.
 
 from __future__ import annotations
 
-import re
 import socket
 from typing import Any
 
@@ -118,33 +117,32 @@ def describe(client, run) -> dict[str, Any]:
 
 
 # --- comparison -------------------------------------------------------------------------
-# The figures people compare pipelines by; `--all` shows every rolled-up metric.
-KEY_FIGURES = [
-    r"(ingest|dedup|quality)\.(kept|removed|chars_kept|text_mb)", r"tokenize\.(train_tokens|packing_efficiency)",
-    r"pretrain\.(final_val_loss|final_perplexity|mean_tokens_per_s|mean_mfu)",
-    r"align_data\.contamination_rate", r"sft\.(base|sft)\.pass_rate", r"sft\.heldout_loss",
-    r"reward\.(pairwise_accuracy|spearman_reward_vs_checker)",
-    r"(ppo|dpo)\.(ppo|dpo)\.(pass_rate|sampled_pass_rate|mean_reward|kl_to_sft)",
-    r"quantize\.(int8|int4|gguf-q8_0)\.(perplexity_delta|pass_rate_delta|size_ratio|latency_ms_per_token_b1)",
-    r"deploy\.(promoted|smoke_chat_latency_s|smoke_stream_s|latency_p\d+_s|throughput_tokens_per_s|errors)",
-    r"[a-z_]+\.duration_s",
-]
-_LOWER = re.compile(r"(loss|perplexity|latency|duration|_s$|kl|bytes|size_ratio|contamination|quarantined|delta|errors)")
-_HIGHER = re.compile(r"(pass_rate|accuracy|reward|tokens_per_s|mfu|auc|f1|efficiency|spearman|promoted)")
+# Which figures matter and which way is better is each stage's own declaration (``Stage.figures``);
+# ``lmforge compare`` without ``--all`` shows the key ones.
+
+
+def _declared(metric: str):
+    """The declaration a rolled-up ``<stage>.<figure>`` falls under, or None (an unknown stage or figure)."""
+    from stages.core.errors import ConfigError as _Unknown
+    from stages.registry import stage_class
+
+    stage, _, figure = metric.partition(".")
+    try:
+        cls = stage_class(stage)
+    except _Unknown:  # a stage that is no longer installed: its figures still show with --all
+        return None
+    return cls.figure(figure)
 
 
 def is_key_figure(metric: str) -> bool:
-    return any(re.fullmatch(p, metric) for p in KEY_FIGURES)
+    declared = _declared(metric)
+    return bool(declared and declared.key)
 
 
 def direction(metric: str) -> str | None:
     """'min' or 'max' where a smaller or larger value is better; None for counts and settings."""
-    leaf = metric.split(".", 1)[-1]
-    if _HIGHER.search(leaf):
-        return "max"
-    if _LOWER.search(leaf):
-        return "min"
-    return None
+    declared = _declared(metric)
+    return {"lower": "min", "higher": "max"}.get(declared.better) if declared else None
 
 
 def reused_stages(client, run) -> dict[str, float | None]:

@@ -74,7 +74,7 @@ def schedule(
     setup_logging()
     try:
         cfg, server = _connect(config, set_)
-        stages_to_run(until, cfg.pipeline.alignment)
+        stages_to_run(until, cfg.pipeline.model_dump())
         if cron is not None:
             from prefect.client.schemas.schedules import CronSchedule
             from pydantic import ValidationError

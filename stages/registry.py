@@ -1,46 +1,119 @@
-"""Stage names, their order in the DAG, and where each implementation lives.
+"""Which stages exist and the DAG their input declarations make.
 
-Adding a stage: its module under ``stages/`` and one line in ``_IMPLEMENTATIONS``.
+Built-in stages are listed below; a package adds its own through the entry-point group
+``lmforge.stages`` (``name = "module:Class"``), with no change to lmforge. Everything
+else (the pipeline config's sections, the run order, ``--until``, compare, the
+dashboard) is read from the stages' own declarations: see ``docs/writing-a-stage.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+from importlib.metadata import entry_points
 
 from stages.core.contract import Stage
 from stages.core.errors import ConfigError
 
-# DESIGN.md's DAG, in run order. dpo replaces reward+ppo when chosen.
-STAGE_ORDER = (
-    "ingest", "dedup", "quality", "tokenize", "pretrain", "align_data",
-    "sft", "reward", "ppo", "dpo", "quantize", "deploy",
+ENTRY_POINT_GROUP = "lmforge.stages"
+
+# Built-in stages. Their order only breaks ties between stages the DAG leaves unordered.
+BUILTIN_STAGES = (
+    "stages.ingest.stage:IngestStage",
+    "stages.dedup.stage:DedupStage",
+    "stages.quality.stage:QualityStage",
+    "stages.tokenize.stage:TokenizeStage",
+    "stages.pretrain.stage:PretrainStage",
+    "stages.align_data.stage:AlignDataStage",
+    "stages.sft.stage:SFTStage",
+    "stages.reward.stage:RewardStage",
+    "stages.ppo.stage:PPOStage",
+    "stages.dpo.stage:DPOStage",
+    "stages.quantize.stage:QuantizeStage",
+    "stages.deploy.stage:DeployStage",
 )
 
-_IMPLEMENTATIONS = {
-    "ingest": "stages.ingest.stage:IngestStage",
-    "dedup": "stages.dedup.stage:DedupStage",
-    "quality": "stages.quality.stage:QualityStage",
-    "tokenize": "stages.tokenize.stage:TokenizeStage",
-    "pretrain": "stages.pretrain.stage:PretrainStage",
-    "align_data": "stages.align_data.stage:AlignDataStage",
-    "sft": "stages.sft.stage:SFTStage",
-    "reward": "stages.reward.stage:RewardStage",
-    "ppo": "stages.ppo.stage:PPOStage",
-    "dpo": "stages.dpo.stage:DPOStage",
-    "quantize": "stages.quantize.stage:QuantizeStage",
-    "deploy": "stages.deploy.stage:DeployStage",
-}
+
+def _load(reference: str, origin: str) -> type[Stage]:
+    module, _, attr = reference.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"stage {reference} ({origin}) cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise ConfigError(f"{reference} ({origin}) is not a lmforge Stage subclass")
+    for attribute in ("name", "config_model"):
+        if not hasattr(cls, attribute):
+            raise ConfigError(f"stage {reference} ({origin}) declares no '{attribute}'")
+    return cls
 
 
-def implemented() -> list[str]:
-    return [name for name in STAGE_ORDER if name in _IMPLEMENTATIONS]
+@functools.cache
+def stage_classes() -> dict[str, type[Stage]]:
+    """name -> stage class: the built-ins, then installed plugins (by entry-point name)."""
+    found: dict[str, type[Stage]] = {}
+    for reference in BUILTIN_STAGES:
+        cls = _load(reference, "built-in")
+        found[cls.name] = cls
+    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+        origin = f"entry point '{point.name}' of {point.dist.name if point.dist else 'an unknown distribution'}"
+        cls = _load(point.value, origin)
+        if cls.name != point.name:
+            raise ConfigError(f"{origin} names class {point.value}, whose stage name is '{cls.name}'")
+        if cls.name in found:
+            if found[cls.name] is cls:  # the same class registered twice (an editable and a wheel install)
+                continue
+            raise ConfigError(f"{origin}: a stage named '{cls.name}' already exists ({found[cls.name].__module__})")
+        found[cls.name] = cls
+    _check_inputs(found)
+    return found
+
+
+def reload() -> None:
+    """Forget what was discovered (after installing a plugin in this process)."""
+    stage_classes.cache_clear()
+    dag_order.cache_clear()
+
+
+def _check_inputs(found: dict[str, type[Stage]]) -> None:
+    for cls in found.values():
+        for input_name, spec in cls.inputs.items():
+            choices, sep, output = spec.partition(":")
+            if not sep or not output:
+                raise ConfigError(f"stage '{cls.name}' input '{input_name}': expected 'stage:output', got {spec!r}")
+            missing = [u for u in choices.split("|") if u not in found]
+            if missing:
+                raise ConfigError(f"stage '{cls.name}' input '{input_name}' comes from unknown stage(s) {missing}; "
+                                  f"known: {', '.join(found)}")
+
+
+@functools.cache
+def dag_order() -> tuple[str, ...]:
+    """Every stage in an order where each comes after all it reads from (Kahn's algorithm; ties keep the
+    listing order, so the order is stable)."""
+    classes = stage_classes()
+    listed = list(classes)
+    waiting = {name: cls.upstream() for name, cls in classes.items()}
+    order: list[str] = []
+    while waiting:
+        ready = [n for n in listed if n in waiting and not (waiting[n] - set(order))]
+        if not ready:
+            raise ConfigError(f"the stages' inputs form a cycle among {sorted(waiting)}")
+        order.append(ready[0])
+        del waiting[ready[0]]
+    return tuple(order)
+
+
+def names() -> list[str]:
+    return list(dag_order())
+
+
+def stage_class(name: str) -> type[Stage]:
+    classes = stage_classes()
+    if name not in classes:
+        raise ConfigError(f"unknown stage '{name}'; allowed: {', '.join(dag_order())}")
+    return classes[name]
 
 
 def get_stage(name: str) -> Stage:
-    if name not in _IMPLEMENTATIONS:
-        known = ", ".join(implemented())
-        if name in STAGE_ORDER:
-            raise ConfigError(f"stage '{name}' is not implemented yet; available: {known}")
-        raise ConfigError(f"unknown stage '{name}'; allowed: {known}")
-    module, _, cls = _IMPLEMENTATIONS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return stage_class(name)()

@@ -19,7 +19,7 @@ from stages.align_data import build, sources
 from stages.align_data.config import AlignDataConfig
 from stages.align_data.decontaminate import Decontaminator, train_tokens
 from stages.align_data.tasks import FAMILIES, Example, majority_baseline
-from stages.core.contract import Stage, StageContext, StageInput, StageResult
+from stages.core.contract import Figure, Stage, StageContext, StageInput, StageResult
 from stages.core.digests import combined_digest, sha256_file
 from stages.core.docio import write_jsonl
 from stages.core.errors import StageError
@@ -74,17 +74,20 @@ class Renderer:
         return [[a, b] for a, b in zip(spaced, bare)]
 
 
-class AlignDataStage(Stage):
+class AlignDataStage(Stage[AlignDataConfig]):
     name = "align_data"
     config_model = AlignDataConfig
+    summary = "Build SFT prompts and preference pairs with checkable answers, decontaminated."
+    figures = (Figure("contamination_rate", "lower", key=True), Figure("quarantined", "lower"),
+               Figure("majority_baseline.*"))
     inputs = {"tokenizer": "tokenize:tokenizer", "tokens": "tokenize:tokens"}
 
     def config_inputs(self, config: AlignDataConfig, seed: int) -> dict[str, StageInput]:
         raw = raw_dir(config)
         return {"sources": StageInput("sources", raw, source_digest(raw))}
 
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: AlignDataConfig = ctx.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext[AlignDataConfig]) -> StageResult:
+        cfg = ctx.config
         raw = raw_dir(cfg)
         pools = build.load_pools(raw, cfg.qa_train + cfg.qa_heldout + 1000)
         render = Renderer(ctx.inputs["tokenizer"].path)

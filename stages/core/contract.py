@@ -1,16 +1,21 @@
 """The stage contract: what every stage declares and what it hands back.
 
 A stage is a class with a name, a config model, named inputs and one ``run(ctx)``.
-Everything around it (cache key, manifest, atomic outputs, MLflow run) is done once,
-in ``stages.core.runner``, so adding a stage is writing ``run``.
+It also declares what the rest of lmforge needs to know of it: which upstream stage
+produces each input (the DAG is built from these), the figures it reports and which
+way each is better (``lmforge compare``, the roll-up, the dashboard), the registered
+model kinds it writes, and the curves the dashboard draws of it. Everything around
+``run`` (cache key, manifest, atomic outputs, MLflow run) is done once, in
+``stages.core.runner``, so adding a stage is one module and one registry entry.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from stages.core.configuration import StrictModel
 
@@ -20,6 +25,61 @@ if TYPE_CHECKING:
 
 class StageConfig(StrictModel):
     """Base of every stage's config section."""
+
+
+ConfigT = TypeVar("ConfigT", bound=StageConfig)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure a stage reports (a metric of its run, rolled up onto the pipeline run as ``<stage>.<name>``).
+
+    ``name`` may hold ``*`` for a part that varies (a variant, a task family): ``*.perplexity_delta``.
+    ``better`` says which way is an improvement when runs are compared; ``key`` marks the few figures
+    that pipelines are compared by (``lmforge compare`` without ``--all``, the flow's summary table).
+    """
+
+    name: str
+    better: Literal["lower", "higher", "none"] = "none"
+    key: bool = False
+
+    def matches(self, figure: str) -> bool:
+        return fnmatch.fnmatchcase(figure, self.name)
+
+
+# what the flow rolls up for every stage besides its own figures
+COMMON_FIGURES = (Figure("duration_s", "lower", key=True), Figure("reused"))
+# what every document stage reports (in = kept + removed + quarantined)
+DOCUMENT_FIGURES = (Figure("in"), Figure("kept", key=True), Figure("removed", key=True),
+                    Figure("quarantined", "lower"), Figure("quarantined.*", "lower"))
+
+
+@dataclass(frozen=True)
+class FunnelStep:
+    """This stage's bar in the data funnel: documents after it (a sum of figures), and its text size."""
+
+    docs: tuple[str, ...] = ("kept",)
+    mb: str | None = None  # a figure holding the text's size...
+    mb_per_unit: float = 1.0  # ...in MB per unit of that figure (1e-6 for a character count)
+    tokens: str | None = None
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """What the dashboard draws of a stage. Curve charts are shared by title: stages that log comparable
+    step curves (SFT's and DPO's loss) name the same chart."""
+
+    # chart title -> the step metrics this stage logs while it runs (one line each)
+    curves: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # evaluation models whose per-family pass rates (``<model>.pass_rate.<family>``) are plotted
+    pass_rates: tuple[str, ...] = ()
+    # removals by reason: figure -> what the "why documents left" panel calls it (``*`` = the part it names)
+    removed: dict[str, str] = field(default_factory=dict)
+    # quarantined.<reason> figures go into the "why documents left" panel
+    quarantines: bool = False
+    funnel: FunnelStep | None = None
+    # fixed panels of the page this stage fills (quantization, gate, serving)
+    panels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -33,9 +93,9 @@ class StageInput:
 
 
 @dataclass
-class StageContext:
+class StageContext(Generic[ConfigT]):
     stage: str
-    config: StageConfig
+    config: ConfigT
     inputs: dict[str, StageInput]
     output_dir: Path
     seed: int
@@ -63,27 +123,56 @@ class StageResult:
     outputs: dict[str, str] = field(default_factory=dict)  # output name -> path relative to the output dir
 
 
-class Stage:
-    """Subclass per stage; set the class attributes and implement ``run``."""
+class Stage(Generic[ConfigT]):
+    """Subclass per stage (``class DedupStage(Stage[DedupConfig])``); set the class attributes and implement
+    ``run``. The registry reads the declarations; nothing else in lmforge names a stage."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[StageConfig]]
-    # input name -> "upstream_stage:output_name"; the flow resolves these from upstream runs
+    # one line for `lmforge config schema` and the stage's --help
+    summary: ClassVar[str] = ""
+    # input name -> "upstream_stage:output_name" ("ppo|dpo:model": whichever of them runs); the DAG's edges
     inputs: ClassVar[dict[str, str]] = {}
     # inputs a standalone run may name (--input NAME=PATH) but the flow does not wire
     optional_inputs: ClassVar[frozenset[str]] = frozenset()
     # standalone runs without --input NAME take lmforge-<cfg>-<kind>@<alias> from the registry
     registered_defaults: ClassVar[dict[str, tuple[str, str]]] = {}
+    # the registered model kinds this stage writes (lmforge-<cfg>-<kind>)
+    model_kinds: ClassVar[tuple[str, ...]] = ()
+    # runs only when these pipeline-section fields have these values ({"alignment": "dpo"}); the field's
+    # allowed values are the ones the stages declare
+    runs_when: ClassVar[dict[str, str]] = {}
     # document stages obey in = kept + removed + quarantined
     document_stage: ClassVar[bool] = False
+    figures: ClassVar[tuple[Figure, ...]] = ()
+    dashboard: ClassVar[Dashboard] = Dashboard()
 
-    def config_inputs(self, config: StageConfig, seed: int) -> dict[str, StageInput]:
+    @classmethod
+    def check_pipeline(cls, config: Any) -> None:
+        """A rule that spans stages (this one's settings against another's): raise ValueError to refuse the
+        whole config. ``config`` is the validated pipeline config; its sections are attributes."""
+
+    @classmethod
+    def upstream(cls) -> set[str]:
+        """Every stage an input of this one may come from."""
+        return {up for spec in cls.inputs.values() for up in spec.partition(":")[0].split("|")}
+
+    @classmethod
+    def all_figures(cls) -> tuple[Figure, ...]:
+        return cls.figures + (DOCUMENT_FIGURES if cls.document_stage else ()) + COMMON_FIGURES
+
+    @classmethod
+    def figure(cls, name: str) -> Figure | None:
+        """The declaration a reported figure falls under (the first that matches), if any."""
+        return next((f for f in cls.all_figures() if f.matches(name)), None)
+
+    def config_inputs(self, config: ConfigT, seed: int) -> dict[str, StageInput]:
         """Inputs named by the config itself (e.g. ingest's source files), not by upstream runs."""
         return {}
 
     def standalone_inputs(
-        self, config: StageConfig, paths: dict[str, list[str]]
-    ) -> tuple[StageConfig, dict[str, StageInput]]:
+        self, config: ConfigT, paths: dict[str, list[str]]
+    ) -> tuple[ConfigT, dict[str, StageInput]]:
         """Turn ``--input NAME=PATH`` flags into resolved inputs (a stage may fold them into its config)."""
         from stages.core.errors import ConfigError
         from stages.core.runner import input_from_path
@@ -107,7 +196,7 @@ class Stage:
         """Runs once the outputs are MLflow artifacts (e.g. register a model); returns tags to set."""
         return {}
 
-    def run(self, ctx: StageContext) -> StageResult:  # pragma: no cover - interface
+    def run(self, ctx: StageContext[ConfigT]) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError
 
     @classmethod

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageResult
 from stages.core.docio import append_jsonl, write_parquet
 from stages.core.ray_runtime import ensure_ray, run_tasks
 from stages.core.shards import assemble_outputs, drop_repeated_ids, iter_shard, read_shard, shard_input
@@ -95,16 +95,22 @@ def task_write(shard: str, index: int, status: np.ndarray, value: np.ndarray, du
         write_parquet(work / f"kept-{index:05d}.parquet", kept_records)
 
 
-class DedupStage(Stage):
+class DedupStage(Stage[DedupConfig]):
     name = "dedup"
     config_model = DedupConfig
+    summary = "Exact, boilerplate and MinHash near-duplicate removal on Ray."
+    figures = (Figure("chars_kept", key=True), Figure("chars_in"), Figure("signature_docs_per_s", "higher"),
+               Figure("time.*", "lower"), Figure("*_removed"), Figure("boilerplate_chars*"))
+    dashboard = Dashboard(quarantines=True, funnel=FunnelStep(mb="chars_kept", mb_per_unit=1e-6),
+                          removed={"exact_removed": "exact duplicate", "near_removed": "near duplicate",
+                                   "boilerplate_removed": "only boilerplate"})
     inputs = {"docs": "ingest:docs"}
     document_stage = True
 
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext[DedupConfig]) -> StageResult:
         import ray
 
-        cfg: DedupConfig = ctx.config  # type: ignore[assignment]
+        cfg = ctx.config
         out = ctx.output_dir
         work = out / "_work"
         timings: dict[str, float] = {}

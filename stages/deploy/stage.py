@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
 from stages.deploy import promotion, serving
@@ -96,16 +96,22 @@ def throughput(oa, model: str, max_tokens: int, requests: int) -> dict:
             "burst_s": wall, "burst_errors": requests - len(done)}
 
 
-class DeployStage(Stage):
+class DeployStage(Stage[DeployConfig]):
     name = "deploy"
     config_model = DeployConfig
+    summary = "Serve the chosen model on Ray Serve (OpenAI API), smoke- and load-test it, gate promotion."
+    figures = (Figure("promoted", "higher", key=True), Figure("smoke_chat_latency_s", "lower", key=True),
+               Figure("smoke_stream_s", "lower", key=True), Figure("latency_p*_s", "lower", key=True),
+               Figure("throughput_tokens_per_s", "higher", key=True), Figure("errors", "lower", key=True),
+               Figure("candidate.pass_rate", "higher"), Figure("candidate.perplexity", "lower"))
+    dashboard = Dashboard(panels=("gate", "serving"))
     inputs = {"model": "quantize:chosen"}
     registered_defaults = {"model": ("lm", "latest-quantized")}
 
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext[DeployConfig]) -> StageResult:
         from stages.core.tracking import Tracker
 
-        cfg: DeployConfig = ctx.config  # type: ignore[assignment]
+        cfg = ctx.config
         name = promotion.registry_name(ctx.pipeline_name)
         tracker = ctx.tracker or Tracker(ctx.pipeline_name)
         client = tracker.client

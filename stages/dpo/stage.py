@@ -18,7 +18,7 @@ from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gai
                                        write_heldout)
 from stages.alignment.generate import generate, load_policy
 from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
-from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.dpo.config import DPOConfig
 from stages.ppo.roles import answer_logprobs
 from stages.ppo.stage import rollout_batch
@@ -68,16 +68,25 @@ def evaluate_policy(model_dir: Path, reference, rows: list[dict], ev, seed: int,
             "sampled_pass": sampled_pass.tolist(), "figures": figures}
 
 
-class DPOStage(Stage):
+class DPOStage(Stage[DPOConfig]):
     name = "dpo"
     config_model = DPOConfig
+    summary = "Direct preference optimisation from the SFT policy (instead of reward + PPO)."
+    figures = (Figure("dpo.pass_rate", "higher", key=True), Figure("dpo.sampled_pass_rate", "higher", key=True),
+               Figure("dpo.mean_reward", "higher", key=True), Figure("dpo.kl_to_sft", "lower", key=True),
+               Figure("*.pass_rate*", "higher"), Figure("*.sampled_pass_rate*", "higher"),
+               Figure("*mean_reward", "higher"), Figure("*.kl_to_sft", "lower"), Figure("dpo_minus_sft.*", "higher"),
+               Figure("heldout_loss", "lower"), Figure("*accuracy*", "higher"))
+    model_kinds = ("lm",)
+    runs_when = {"alignment": "dpo"}
+    dashboard = Dashboard(curves={"SFT / DPO: loss on responses": ("loss",)}, pass_rates=("dpo",))
     inputs = {"model": "sft:model", "train": "align_data:pref_train", "heldout": "align_data:pref_heldout",
               "prompts": "align_data:sft_heldout"}
     optional_inputs = frozenset({"reward_model"})
     registered_defaults = {"model": ("lm", "latest-sft")}
 
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: DPOConfig = ctx.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext[DPOConfig]) -> StageResult:
+        cfg = ctx.config
         sft_dir = ctx.inputs["model"].path
         history = launch.train(ctx, sft_dir, ctx.inputs["train"].path, ctx.inputs["heldout"].path)
         threads = max(1, int(cfg.distributed.cpus_per_worker))

@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from stages.core.contract import Stage, StageContext, StageInput, StageResult
+from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageInput, StageResult
 from stages.core.docio import Quarantined, append_jsonl, read_documents, write_parquet
 from stages.core.progress import stage_progress
 from stages.core.ray_runtime import ensure_ray, run_tasks
@@ -154,9 +154,13 @@ def task_drop_repeats(index: int, out_dir: str, output_format: str) -> dict[str,
     return {"per_source": {source: dict(counter) for source, counter in moved.items()}, "per_file": dict(per_file)}
 
 
-class IngestStage(Stage):
+class IngestStage(Stage[IngestConfig]):
     name = "ingest"
     config_model = IngestConfig
+    summary = "Read raw files (text, gz, bz2, JSONL, HTML) into Parquet documents; broken ones quarantined."
+    figures = (Figure("text_mb", key=True), Figure("input_mb"), Figure("files"), Figure("files_empty"),
+               Figure("extract_mb_per_s", "higher"), Figure("extract_wall_s", "lower"), Figure("source.*"))
+    dashboard = Dashboard(quarantines=True, funnel=FunnelStep(mb="text_mb"))
     document_stage = True
 
     def __init__(self) -> None:
@@ -184,10 +188,10 @@ class IngestStage(Stage):
             config = config.model_copy(update={"paths": paths["docs"], "sources": []})
         return config, {}
 
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext[IngestConfig]) -> StageResult:
         import ray
 
-        config: IngestConfig = ctx.config  # type: ignore[assignment]
+        config = ctx.config
         tasks = self.plan(config, ctx.seed)
         batches = batch_tasks(tasks, config.task_mb)
         out = ctx.output_dir

@@ -25,7 +25,7 @@ from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gai
 from stages.alignment.generate import Generation, teacher_forced
 from stages.alignment.objectives import gae, leave_one_out, masked_mean, masked_whiten, shaped_rewards
 from stages.alignment.trainer import MODEL_DIR, copy_tokenizer_files
-from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
 from stages.ppo.config import PPOConfig
@@ -59,17 +59,27 @@ class AdaptiveKL:
             self.coef *= 1 + error * answers / self.cfg.horizon
 
 
-class PPOStage(Stage):
+class PPOStage(Stage[PPOConfig]):
     name = "ppo"
     config_model = PPOConfig
+    summary = "PPO against the reward model with a KL penalty to the SFT policy."
+    figures = (Figure("ppo.pass_rate", "higher", key=True), Figure("ppo.sampled_pass_rate", "higher", key=True),
+               Figure("ppo.mean_reward", "higher", key=True), Figure("ppo.kl_to_sft", "lower", key=True),
+               Figure("*.pass_rate*", "higher"), Figure("*.sampled_pass_rate*", "higher"),
+               Figure("*mean_reward", "higher"), Figure("*.kl_to_sft", "lower"), Figure("ppo_minus_sft.*", "higher"),
+               Figure("mean_time_*", "lower"))
+    model_kinds = ("lm",)
+    runs_when = {"alignment": "ppo"}
+    dashboard = Dashboard(curves={"PPO: reward, KL to SFT, rollout pass rate": ("reward", "kl", "rollout_pass_rate")},
+                          pass_rates=("ppo",))
     inputs = {"model": "sft:model", "reward_model": "reward:model", "prompts": "align_data:sft_train",
               "heldout": "align_data:sft_heldout"}
     registered_defaults = {"model": ("lm", "latest-sft"), "reward_model": ("reward", "latest-reward")}
 
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext[PPOConfig]) -> StageResult:
         import ray
 
-        cfg: PPOConfig = ctx.config  # type: ignore[assignment]
+        cfg = ctx.config
         sft_dir, rm_dir = str(ctx.inputs["model"].path), str(ctx.inputs["reward_model"].path)
         prompts = [r for r in checkable(read_rows(ctx.inputs["prompts"].path), None)
                    if cfg.families is None or r["family"] in cfg.families]

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.core.errors import ConfigError, StageError
 from stages.core.paths import lmforge_home
 from stages.core.ray_runtime import ensure_ray
@@ -64,18 +64,25 @@ def check_batch(cfg: PretrainConfig, seq_len: int) -> None:
                           f"pretrain.micro_batch_size x distributed.num_workers = {per_step}")
 
 
-class PretrainStage(Stage):
+class PretrainStage(Stage[PretrainConfig]):
     name = "pretrain"
     config_model = PretrainConfig
+    summary = "Pretrain a Llama-style decoder on packed tokens (Ray Train, torch DDP or DeepSpeed ZeRO)."
+    figures = (Figure("final_val_loss", "lower", key=True), Figure("final_perplexity", "lower", key=True),
+               Figure("mean_tokens_per_s", "higher", key=True), Figure("mean_mfu", "higher", key=True),
+               Figure("final_loss", "lower"), Figure("first_val_loss", "lower"),
+               Figure("val_loss_minus_unigram", "lower"), Figure("save_max_abs_logit_diff", "lower"))
+    model_kinds = ("lm",)
+    dashboard = Dashboard(curves={"Pretraining: training and validation loss": ("loss", "val_loss")})
     inputs = {"tokens": "tokenize:tokens", "tokenizer": "tokenize:tokenizer"}
 
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext[PretrainConfig]) -> StageResult:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig
         from ray.train.torch import TorchTrainer
 
         from stages.tokenize.packed import PackedDataset
 
-        cfg: PretrainConfig = ctx.config  # type: ignore[assignment]
+        cfg = ctx.config
         train_env(ctx.ray_address)
         tokens = ctx.inputs["tokens"].path
         train, val = PackedDataset(tokens, "train"), PackedDataset(tokens, "val")

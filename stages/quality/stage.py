@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageResult
 from stages.core.docio import append_jsonl
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray, run_tasks
@@ -56,15 +56,24 @@ def quality_shard(shard: str, index: int, cfg: QualityConfig, model_path: str | 
     return stats
 
 
-class QualityStage(Stage):
+class QualityStage(Stage[QualityConfig]):
     name = "quality"
     config_model = QualityConfig
+    summary = "Heuristic filters, language ID, PII masking and a fastText quality classifier."
+    figures = (Figure("chars_kept", key=True), Figure("chars_in"), Figure("docs_per_s", "higher"),
+               Figure("classifier.auc", "higher"), Figure("classifier.f1", "higher"),
+               Figure("classifier.precision", "higher"), Figure("classifier.recall", "higher"),
+               Figure("classifier.model_mb", "lower"), Figure("time.*", "lower"), Figure("funnel.*"),
+               Figure("lang.*"), Figure("pii.*"))
+    model_kinds = ("quality",)
+    dashboard = Dashboard(quarantines=True, funnel=FunnelStep(mb="chars_kept", mb_per_unit=1e-6),
+                          removed={"funnel.*.removed": "*"})
     inputs = {"docs": "dedup:docs"}
     optional_inputs = frozenset({"classifier"})
     document_stage = True
 
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: QualityConfig = ctx.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext[QualityConfig]) -> StageResult:
+        cfg = ctx.config
         out = ctx.output_dir
         work = out / "_work"
         sharded = shard_input(ctx.inputs["docs"].path, work, cfg.shard_docs, cfg.max_doc_chars, out / "quarantined.jsonl")

@@ -15,7 +15,7 @@ from stages.alignment.data import read_rows
 from stages.alignment.evaluate import checkable
 from stages.alignment.generate import load_policy
 from stages.alignment.trainer import copy_tokenizer_files
-from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.core.tracking import register_artifact
 from stages.quantize import evaluate as ev_
 from stages.quantize.config import QuantizeConfig
@@ -51,14 +51,21 @@ def tradeoff_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-class QuantizeStage(Stage):
+class QuantizeStage(Stage[QuantizeConfig]):
     name = "quantize"
     config_model = QuantizeConfig
+    summary = "int8 / int4 / GGUF variants, measured (perplexity, pass rate, latency); the best one registered."
+    figures = (Figure("*.perplexity_delta", "lower", key=True), Figure("*.pass_rate_delta", "higher", key=True),
+               Figure("*.size_ratio", "lower", key=True), Figure("*.latency_ms_per_token_b1", "lower", key=True),
+               Figure("*.latency_ms_per_token_*", "lower"), Figure("*.perplexity", "lower"),
+               Figure("*.pass_rate", "higher"), Figure("*.bytes", "lower"))
+    model_kinds = ("lm",)
+    dashboard = Dashboard(panels=("quantization",))
     inputs = {"model": "ppo|dpo:model", "tokens": "tokenize:tokens", "prompts": "align_data:sft_heldout"}
     registered_defaults = {"model": ("lm", "latest-ppo")}
 
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: QuantizeConfig = ctx.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext[QuantizeConfig]) -> StageResult:
+        cfg = ctx.config
         ev = cfg.eval
         source = Path(ctx.inputs["model"].path)
         out = ctx.output_dir

@@ -16,7 +16,7 @@ from stages.alignment.evaluate import checkable, verdict
 from stages.alignment.generate import generate, load_policy
 from stages.alignment.scoring import load_reward_model, score_ids, score_texts
 from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
-from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.core.tracking import register_artifact
 from stages.reward.config import RewardConfig
 
@@ -36,15 +36,28 @@ def spearman(x, y) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-class RewardStage(Stage):
+class RewardStage(Stage[RewardConfig]):
     name = "reward"
     config_model = RewardConfig
+    summary = "Reward model: the SFT backbone with a scalar head, Bradley-Terry loss on preference pairs."
+    figures = (Figure("pairwise_accuracy", "higher", key=True), Figure("spearman_reward_vs_checker", "higher", key=True),
+               Figure("pairwise_accuracy.*", "higher"), Figure("spearman.*", "higher"), Figure("heldout_loss", "lower"),
+               Figure("sampled_pass_rate", "higher"))
+    model_kinds = ("reward",)
+    runs_when = {"alignment": "ppo"}
+    dashboard = Dashboard(curves={"Reward model: pairwise accuracy": ("accuracy", "heldout_accuracy")})
+
+    @classmethod
+    def check_pipeline(cls, config) -> None:
+        if config.reward.lm_coef and not config.pretrain.model.tie_embeddings:
+            raise ValueError("reward.lm_coef trains the backbone's tied LM head, but pretrain.model.tie_embeddings is "
+                             "false: set one of them (reward.lm_coef: 0 or tie_embeddings: true)")
     inputs = {"model": "sft:model", "train": "align_data:pref_train", "heldout": "align_data:pref_heldout",
               "prompts": "align_data:sft_heldout", "train_prompts": "align_data:sft_train"}
     registered_defaults = {"model": ("lm", "latest-sft")}
 
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: RewardConfig = ctx.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext[RewardConfig]) -> StageResult:
+        cfg = ctx.config
         sft_dir = ctx.inputs["model"].path
         threads = max(1, int(cfg.distributed.cpus_per_worker))
         train_pairs = read_rows(ctx.inputs["train"].path)

@@ -13,7 +13,7 @@ from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gai
                                        write_heldout)
 from stages.alignment.generate import generate, load_policy
 from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
-from stages.core.contract import Stage, StageContext, StageResult
+from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.sft.config import SFTConfig
 
 
@@ -32,14 +32,21 @@ def evaluate_models(models: dict[str, Path], rows: list[dict], gen, seed: int, t
     return {"answers": answers, "verdicts": verdicts, "figures": figures}
 
 
-class SFTStage(Stage):
+class SFTStage(Stage[SFTConfig]):
     name = "sft"
     config_model = SFTConfig
+    summary = "Supervised fine-tuning on chat-formatted answers; pass rate before and after."
+    figures = (Figure("base.pass_rate", "higher", key=True), Figure("sft.pass_rate", "higher", key=True),
+               Figure("heldout_loss", "lower", key=True), Figure("heldout_loss_start", "lower"),
+               Figure("*.pass_rate*", "higher"), Figure("sft_minus_base.*", "higher"))
+    model_kinds = ("lm",)
+    dashboard = Dashboard(curves={"SFT / DPO: loss on responses": ("loss", "heldout_loss")},
+                          pass_rates=("base", "sft"))
     inputs = {"model": "pretrain:model", "train": "align_data:sft_train", "heldout": "align_data:sft_heldout"}
     registered_defaults = {"model": ("lm", "latest-pretrain")}
 
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: SFTConfig = ctx.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext[SFTConfig]) -> StageResult:
+        cfg = ctx.config
         base = ctx.inputs["model"].path
         history = launch.train(ctx, base, ctx.inputs["train"].path, ctx.inputs["heldout"].path)
         rows = checkable(read_rows(ctx.inputs["heldout"].path), cfg.eval_generation.heldout_per_family)

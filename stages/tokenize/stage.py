@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.core.contract import Stage, StageContext, StageInput, StageResult
+from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageInput, StageResult
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
 from stages.core.shards import drop_repeated_ids, iter_shard, shard_input
@@ -128,9 +128,16 @@ class TokenizerActor:
         return stats
 
 
-class TokenizeStage(Stage):
+class TokenizeStage(Stage[TokenizeConfig]):
     name = "tokenize"
     config_model = TokenizeConfig
+    summary = "Train a BPE tokenizer, tokenize and pack sequences (train/val split, mixture weights)."
+    figures = (Figure("train_tokens", key=True), Figure("packing_efficiency", "higher", key=True),
+               Figure("tokens_per_s", "higher"), Figure("time.*", "lower"), Figure("quarantined", "lower"),
+               Figure("quarantined.*", "lower"), Figure("token_share.*"))
+    model_kinds = ("tokenizer",)
+    dashboard = Dashboard(quarantines=True,
+                          funnel=FunnelStep(docs=("train_docs", "val_docs"), tokens="train_tokens"))
     inputs = {"docs": "quality:docs"}
     optional_inputs = frozenset({"tokenizer"})
 
@@ -141,13 +148,13 @@ class TokenizeStage(Stage):
 
         return {"tokenizer": input_from_path("tokenizer", Path(config.tokenizer.path))}
 
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext[TokenizeConfig]) -> StageResult:
         import ray
         from ray.util import ActorPool
 
         from stages.core.progress import stage_progress
 
-        cfg: TokenizeConfig = ctx.config  # type: ignore[assignment]
+        cfg = ctx.config
         out = ctx.output_dir
         work = out / "_work"
         tokens_dir = out / TOKENS_DIR

@@ -126,9 +126,12 @@ def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, request, pref
     assert not errors, errors
     for stage in ppo_run["stages"]:
         assert f'data-stage="{stage}"' in dom
-    charts = dict(re.findall(r'id="chart-([a-z]+)"[^>]*data-points="(\d+)"', dom))
-    assert set(charts) == {"timeline", "funnel", "reasons", "pretrain", "sft", "reward", "ppo", "passrate",
-                           "quantization", "serving"}
+    charts = dict(re.findall(r'id="chart-([a-z0-9-]+)"[^>]*data-points="(\d+)"', dom))
+    curves = [f"curve-{i}" for i in range(4)]  # one card per curve chart the stages declare
+    assert set(charts) == {"timeline", "funnel", "reasons", *curves, "passrate", "quantization", "serving"}
+    for title in ("Pretraining: training and validation loss", "SFT / DPO: loss on responses",
+                  "Reward model: pairwise accuracy", "PPO: reward, KL to SFT, rollout pass rate"):
+        assert f"<h3>{title}</h3>" in dom
     assert all(int(points) > 0 for points in charts.values()), charts
     assert re.search(r'id="panel-gate"[^>]*data-filled="1"', dom) and "promoted" in dom
     assert "(chosen)" in dom and "gguf-q8_0" in dom  # the registered variant marked, the GGUF file plotted

@@ -85,9 +85,9 @@ def test_flatten_gives_dotted_params():
 def test_alignment_switch_chooses_the_path_after_sft():
     from pipelines.dag import stages_to_run
 
-    assert stages_to_run("ppo", "ppo")[-4:] == ["align_data", "sft", "reward", "ppo"]
-    assert stages_to_run("dpo", "dpo")[-3:] == ["align_data", "sft", "dpo"]
+    assert stages_to_run("ppo", {"alignment": "ppo"})[-4:] == ["align_data", "sft", "reward", "ppo"]
+    assert stages_to_run("dpo", {"alignment": "dpo"})[-3:] == ["align_data", "sft", "dpo"]
     with pytest.raises(ConfigError, match="set pipeline.alignment=dpo to run dpo"):
-        stages_to_run("dpo", "ppo")
+        stages_to_run("dpo", {"alignment": "ppo"})
     with pytest.raises(ConfigError, match="set pipeline.alignment=ppo to run reward"):
-        stages_to_run("reward", "dpo")
+        stages_to_run("reward", {"alignment": "dpo"})
