@@ -16,8 +16,8 @@ def chosen(name: str, choices: Mapping[str, Any]) -> bool:
 
 
 def stages_to_run(until: str | None, choices: Mapping[str, Any]) -> list[str]:
-    """The stages this config runs, in DAG order, through ``until`` (``rerun`` and ``resume`` start from
-    a stage of this list)."""
+    """The stages this config runs, in DAG order: all of them, or ``until`` and every stage it reads from,
+    directly or not (a stage beside the path to ``until`` does not run)."""
     names = [n for n in dag_order() if chosen(n, choices)]
     if until is None:
         return names
@@ -28,7 +28,20 @@ def stages_to_run(until: str | None, choices: Mapping[str, Any]) -> list[str]:
         now = ", ".join(f"pipeline.{k} is '{choices.get(k)}'" for k in wanted)
         sets = " ".join(f"pipeline.{k}={v}" for k, v in wanted.items())
         raise ConfigError(f"--until {until}: {now}, which does not run it; set {sets} to run {until}")
-    return names[: names.index(until) + 1]
+    needed = {until}
+    for name in reversed(names[: names.index(until) + 1]):
+        if name in needed:
+            needed |= stage_class(name).upstream()
+    return [n for n in names if n in needed]
+
+
+def downstream(stage: str, names: list[str]) -> list[str]:
+    """``stage`` and every stage of ``names`` that reads from it, directly or not (what a rerun redoes)."""
+    affected = {stage}
+    for name in names[names.index(stage) + 1:]:
+        if stage_class(name).upstream() & affected:
+            affected.add(name)
+    return [n for n in names if n in affected]
 
 
 def upstream_in_run(name: str, names: list[str]) -> list[str]:

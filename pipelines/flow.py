@@ -193,7 +193,7 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
     plan = resolve_plan(config, until, config_path, overrides, rerun_stage, rerun_from, only)
     cfg = plan.config
     config = cfg.model_dump(mode="json")
-    names = stages_to_run(plan.until, cfg.pipeline.model_dump())
+    names = plan.stages or stages_to_run(plan.until, cfg.pipeline.model_dump())
     flow_run_id = str(flow_run.id)
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
     tags = {

@@ -28,6 +28,7 @@ class RunPlan:
     config: PipelineConfig
     until: str | None = None
     force: list[str] = field(default_factory=list)
+    stages: list[str] | None = None  # exactly these (a rerun or resume covers what the earlier run covered)
     rerun_of: str | None = None
     rerun_stage: str | None = None
 
@@ -68,9 +69,14 @@ def plan_rerun(client, from_run: str, stage: str | None, only: bool, overrides: 
     if not stages:
         raise ConfigError(f"pipeline run {from_run} records no stages (tag {TAG_STAGES})")
     if stage is None:
-        return RunPlan(config, until=stages[-1], rerun_of=from_run)
+        return RunPlan(config, until=stages[-1], stages=stages, rerun_of=from_run)
     if stage not in stages:
         raise ConfigError(f"rerun: stage '{stage}' is not a stage of pipeline run {from_run}; "
                           f"it ran {', '.join(stages)}")
-    force = [stage] if only else stages[stages.index(stage):]
-    return RunPlan(config, until=stage if only else stages[-1], force=force, rerun_of=from_run, rerun_stage=stage)
+    from pipelines.dag import downstream, stages_to_run
+
+    if only:
+        return RunPlan(config, until=stage, stages=stages_to_run(stage, config.pipeline.model_dump()), force=[stage],
+                       rerun_of=from_run, rerun_stage=stage)
+    return RunPlan(config, until=stages[-1], stages=stages, force=downstream(stage, stages), rerun_of=from_run,
+                   rerun_stage=stage)

@@ -1,8 +1,10 @@
-"""Hash of the repo source files a stage imports, for the cache key.
+"""Hash of the source files a stage imports, for the cache key.
 
 Not the git sha: that would invalidate every stage on every commit. We follow the
-stage module's ``stages.*`` imports (statically, by AST) and hash exactly those
-files, so editing the dedup code recomputes dedup but not ingest.
+stage module's imports within lmforge's ``stages`` package and within the stage's own
+top-level package (a plugin's), statically by AST, and hash exactly those files by
+module name, so editing the dedup code recomputes dedup but not ingest, and the key
+does not depend on where the code is installed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def _module_file(name: str) -> Path | None:
     return Path(spec.origin)
 
 
-def _imports_of(path: Path, module: str) -> set[str]:
+def _imports_of(path: Path, module: str, packages: frozenset[str]) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_package = path.name == "__init__.py"
     package = module if is_package else module.rpartition(".")[0]
@@ -43,12 +45,13 @@ def _imports_of(path: Path, module: str) -> set[str]:
                 prefix = node.module or ""
             found.add(prefix)
             found.update(f"{prefix}.{alias.name}" for alias in node.names)
-    return {name for name in found if name == _PACKAGE or name.startswith(_PACKAGE + ".")}
+    return {name for name in found if name.split(".")[0] in packages}
 
 
 @functools.cache
-def source_files(module: str) -> tuple[Path, ...]:
-    """All ``stages`` source files reachable from ``module`` by import."""
+def source_modules(module: str) -> tuple[tuple[str, Path], ...]:
+    """(name, file) of every ``stages`` (or the stage's own package's) module reachable from ``module``."""
+    packages = frozenset({_PACKAGE, module.split(".")[0]})
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:
@@ -59,19 +62,18 @@ def source_files(module: str) -> tuple[Path, ...]:
         if path is None:
             continue
         seen[name] = path
-        todo.extend(_imports_of(path, name))
+        todo.extend(_imports_of(path, name, packages))
         # importing a.b.c runs a/__init__ and a/b/__init__ too
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-    return tuple(sorted(set(seen.values())))
+    return tuple(sorted(seen.items()))
 
 
 @functools.cache
 def code_hash(module: str) -> str:
     digest = hashlib.sha256()
-    root = Path(importlib.util.find_spec(_PACKAGE).origin).parent.parent
-    for path in source_files(module):
-        digest.update(path.relative_to(root).as_posix().encode())
+    for name, path in source_modules(module):
+        digest.update(name.encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()

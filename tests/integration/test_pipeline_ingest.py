@@ -108,6 +108,13 @@ def test_run_until_quality_chains_stages_by_run_id(home, prefect_server, tmp_pat
             "--set", f"engines.prefect.port={prefect_server['port']}"]
     summary = last_json(run_cli(args).stdout)
     assert list(summary["stages"]) == ["ingest", "dedup", "quality"]
+    # Prefect's flow-run graph has the DAG's edges, read from the stages' inputs: quality waits on dedup only
+    task_runs = _prefect(prefect_server, "POST", "/task_runs/filter",
+                         json={"flow_runs": {"id": {"any_": [summary["prefect_flow_run_id"]]}}})
+    name_of = {t["id"]: t["name"] for t in task_runs}
+    edges = {t["name"]: sorted(name_of[i["id"]] for inputs in t["task_inputs"].values() for i in inputs
+                               if i["input_type"] == "task_run") for t in task_runs}
+    assert edges == {"ingest": [], "dedup": ["ingest"], "quality": ["dedup"]}
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     manifests = {}
     for stage in ("dedup", "quality"):

@@ -1,0 +1,1 @@
+"""An lmforge stage shipped by its own package (see docs/writing-a-stage.md)."""
