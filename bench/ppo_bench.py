@@ -57,7 +57,8 @@ from stages.alignment.data import read_rows
 from stages.alignment.evaluate import checkable
 from stages.ppo.config import PPOConfig
 from stages.ppo.roles import CriticRole, PolicyRole, ReferenceRole, RewardRole
-from stages.ppo.stage import rollout_batch, PPOStage
+from stages.ppo.trainer import PPOTrainer
+from stages.ppo.trainer import rollout_batch
 from stages.alignment.objectives import gae, masked_whiten, shaped_rewards
 sft, rm, prompts_path, steps = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 cfg = PPOConfig()
@@ -84,7 +85,7 @@ for step in range(steps):
     for _ in range(cfg.ppo_epochs):
         order = rng.permutation(cfg.rollout.batch_size)
         for s in range(0, cfg.rollout.batch_size, cfg.mini_batch_size):
-            mb = PPOStage._slice(b, order[s:s + cfg.mini_batch_size])
+            mb = PPOTrainer._slice(b, order[s:s + cfg.mini_batch_size])
             policy.train_step(mb, cfg.clip_ratio); critic.train_step(mb, cfg.value_clip)
     t3 = time.time()
     if step:  # the first step warms up

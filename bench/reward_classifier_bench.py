@@ -23,8 +23,8 @@ import numpy as np
 def answer_logprobs(policy, tok, prompts: list[str], answers: list[str], batch: int = 64) -> np.ndarray:
     """log pi(answer | prompt), teacher-forced, summed over the answer's tokens."""
     from stages.alignment.generate import teacher_forced
-    from stages.dpo.stage import answer_logprob
-    from stages.ppo.stage import rollout_batch
+    from stages.dpo.trainer import answer_logprob
+    from stages.ppo.trainer import rollout_batch
 
     pairs = teacher_forced(tok, prompts, answers)
     return np.concatenate([answer_logprob(policy, rollout_batch(pairs[start:start + batch], tok.pad_token_id))

@@ -1,39 +1,16 @@
 """reward: the SFT backbone with a scalar head (``AutoModelForSequenceClassification``,
 one label) trained with the Bradley-Terry loss on align_data's preference pairs, on Ray
 Train; then checked on held-out pairs (pairwise accuracy, per family) and on answers
-sampled from the SFT model (Spearman correlation of reward with the checker's verdict)."""
+sampled from the SFT model (Spearman correlation of reward with the checker's verdict).
+
+The stage's declarations; what it does is in ``trainer.py``, imported when it runs (so listing
+the stages, building the config and checking ``--until`` stay fast).
+"""
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
-
-import numpy as np
-
-from stages.alignment import launch
-from stages.alignment.data import read_rows
-from stages.alignment.evaluate import checkable, verdict
-from stages.alignment.generate import generate, load_policy
-from stages.alignment.scoring import load_reward_model, score_ids, score_texts
-from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
 from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
-from stages.core.tracking import register_artifact
 from stages.reward.config import RewardConfig
-
-SAMPLED = "sampled_scores.jsonl"
-TRAIN_PAIRS = "train_pairs.jsonl"
-
-
-def registry_name(pipeline: str) -> str:
-    return f"lmforge-{pipeline}-reward"
-
-
-def spearman(x, y) -> float:
-    from scipy.stats import spearmanr
-
-    if len(set(np.asarray(x).tolist())) < 2 or len(set(np.asarray(y).tolist())) < 2:
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
 
 
 class RewardStage(Stage[RewardConfig]):
@@ -46,112 +23,22 @@ class RewardStage(Stage[RewardConfig]):
     model_kinds = ("reward",)
     runs_when = {"alignment": "ppo"}
     dashboard = Dashboard(curves={"Reward model: pairwise accuracy": ("accuracy", "heldout_accuracy")})
+    inputs = {"model": "sft:model", "train": "align_data:pref_train", "heldout": "align_data:pref_heldout",
+              "prompts": "align_data:sft_heldout", "train_prompts": "align_data:sft_train"}
+    registered_defaults = {"model": ("lm", "latest-sft")}
 
     @classmethod
     def check_pipeline(cls, config) -> None:
         if config.reward.lm_coef and not config.pretrain.model.tie_embeddings:
             raise ValueError("reward.lm_coef trains the backbone's tied LM head, but pretrain.model.tie_embeddings is "
                              "false: set one of them (reward.lm_coef: 0 or tie_embeddings: true)")
-    inputs = {"model": "sft:model", "train": "align_data:pref_train", "heldout": "align_data:pref_heldout",
-              "prompts": "align_data:sft_heldout", "train_prompts": "align_data:sft_train"}
-    registered_defaults = {"model": ("lm", "latest-sft")}
 
     def run(self, ctx: StageContext[RewardConfig]) -> StageResult:
-        cfg = ctx.config
-        sft_dir = ctx.inputs["model"].path
-        threads = max(1, int(cfg.distributed.cpus_per_worker))
-        train_pairs = read_rows(ctx.inputs["train"].path)
-        on_policy = self._on_policy_pairs(ctx, cfg, sft_dir, threads)
-        with open(ctx.output_dir / TRAIN_PAIRS, "w", encoding="utf-8") as handle:
-            for row in train_pairs + on_policy:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        history = launch.train(ctx, sft_dir, ctx.output_dir / TRAIN_PAIRS, ctx.inputs["heldout"].path)
-        rm, tokenizer = load_reward_model(ctx.output_dir / MODEL_DIR, threads)
-        metrics: dict[str, float] = {}
+        from stages.reward.trainer import RewardTrainer
 
-        pairs = read_rows(ctx.inputs["heldout"].path)
-        prompts = [p["prompt_text"] for p in pairs]
-        chosen = score_texts(rm, tokenizer, prompts, [p["response_text"] for p in pairs])
-        rejected = score_texts(rm, tokenizer, prompts, [p["rejected_text"] for p in pairs])
-        right = chosen > rejected
-        metrics["pairwise_accuracy"] = float(right.mean())
-        by_family = defaultdict(list)
-        for p, ok in zip(pairs, right):
-            by_family[p["family"]].append(float(ok))
-        metrics.update({f"pairwise_accuracy.{f}": float(np.mean(v)) for f, v in sorted(by_family.items())})
-
-        # does the reward follow the checker on answers the SFT model actually gives?
-        ev = cfg.eval
-        rows = checkable(read_rows(ctx.inputs["prompts"].path), ev.generation.heldout_per_family)
-        rows = [r for r in rows for _ in range(ev.samples_per_prompt)]
-        policy, policy_tok = load_policy(sft_dir, threads)
-        outs = generate(policy, policy_tok, [r["prompt_text"] for r in rows], ev.generation.max_new_tokens,
-                        ev.generation.batch_size, do_sample=True, temperature=ev.temperature, top_p=ev.top_p,
-                        seed=ctx.seed)
-        rewards = score_ids(rm, [o.prompt_ids + o.response_ids for o in outs], tokenizer.pad_token_id)
-        passed = np.array([verdict(r, o.text) for r, o in zip(rows, outs)], dtype=np.float64)
-        metrics["sampled_pass_rate"] = float(passed.mean())
-        metrics["spearman_reward_vs_checker"] = spearman(rewards, passed)
-        if passed.any() and not passed.all():
-            metrics["mean_reward_pass"] = float(rewards[passed == 1].mean())
-            metrics["mean_reward_fail"] = float(rewards[passed == 0].mean())
-        for family in sorted({r["family"] for r in rows}):
-            idx = [k for k, r in enumerate(rows) if r["family"] == family]
-            rho = spearman(rewards[idx], passed[idx])
-            if rho == rho:
-                metrics[f"spearman.{family}"] = rho
-        with open(ctx.output_dir / SAMPLED, "w", encoding="utf-8") as handle:
-            for r, o, s, ok in zip(rows, outs, rewards, passed):
-                handle.write(json.dumps({"family": r["family"], "prompt": r["prompt"], "reference": r["answer"],
-                                         "answer": o.text, "reward": float(s), "pass": bool(ok)},
-                                        ensure_ascii=False) + "\n")
-        evals = [h for h in history if "heldout_accuracy" in h]
-        if evals:
-            metrics["heldout_loss"] = evals[-1]["heldout_loss"]
-        ctx.log.info("reward: held-out pairwise accuracy %.3f %s; Spearman(reward, checker) %.3f on %d sampled "
-                     "answers (pass rate %.3f)", metrics["pairwise_accuracy"],
-                     {f: round(np.mean(v), 3) for f, v in sorted(by_family.items())},
-                     metrics["spearman_reward_vs_checker"], len(rows), metrics["sampled_pass_rate"])
-        return StageResult(counts={"heldout_pairs": len(pairs), "sampled_answers": len(rows),
-                                   "train_pairs": len(train_pairs), "on_policy_pairs": len(on_policy),
-                                   "steps": max((h["step"] for h in history), default=0)},
-                           metrics=metrics, details={"pairwise_accuracy_by_family": {f: float(np.mean(v)) for f, v in by_family.items()}},
-                           outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "sampled_scores": SAMPLED,
-                                    "train_pairs": TRAIN_PAIRS})
-
-    @staticmethod
-    def _on_policy_pairs(ctx, cfg: RewardConfig, sft_dir, threads: int) -> list[dict]:
-        """Pairs among the SFT model's own answers to a seeded sample of training prompts:
-        chosen = an answer the checker accepts (its own if one was sampled, else the
-        reference), rejected = each distinct answer it refuses. PPO ranks exactly these."""
-        op = cfg.on_policy
-        rows = checkable(read_rows(ctx.inputs["train_prompts"].path), None)
-        if not op.prompts or not rows:
-            return []
-        rng = np.random.default_rng(ctx.seed)
-        rows = [rows[i] for i in rng.choice(len(rows), size=min(op.prompts, len(rows)), replace=False)]
-        policy, tokenizer = load_policy(sft_dir, threads)
-        asked = [r for r in rows for _ in range(op.samples_per_prompt)]
-        outs = generate(policy, tokenizer, [r["prompt_text"] for r in asked], op.max_new_tokens, op.batch_size,
-                        do_sample=True, temperature=op.temperature, seed=ctx.seed + 1)
-        pairs, refused = [], 0
-        for k, row in enumerate(rows):
-            answers = outs[k * op.samples_per_prompt:(k + 1) * op.samples_per_prompt]
-            good = [o for o in answers if o.stopped and verdict(row, o.text)]
-            bad = {o.text.strip(): o for o in answers if not verdict(row, o.text) and o.text.strip()}
-            refused += sum(not verdict(row, o.text) for o in answers)
-            chosen = tokenizer.decode(good[0].response_ids, skip_special_tokens=False) if good else row["response_text"]
-            for j, (text, o) in enumerate(sorted(bad.items())[:op.max_pairs_per_prompt]):
-                rejected = tokenizer.decode(o.response_ids, skip_special_tokens=False)
-                if not o.stopped:
-                    rejected = text  # cut at the length limit: no end-of-turn token
-                pairs.append({**row, "id": f"onpolicy-{row['id']}-{j}", "response_text": chosen, "rejected": text,
-                              "rejected_text": rejected})
-        ctx.log.info("reward: %d on-policy pairs from %d SFT answers to %d prompts (%d refused by the checkers)",
-                     len(pairs), len(outs), len(rows), refused)
-        return pairs
+        return RewardTrainer().run(ctx)
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
-        name = registry_name(pipeline_name)
-        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-reward")
-        return {"lmforge.registered_model": f"{name}/{version}"}
+        from stages.reward.trainer import RewardTrainer
+
+        return RewardTrainer().after_logged(tracker, run_id, output_dir, result, pipeline_name)

@@ -214,7 +214,7 @@ def test_pass_rates_per_family_and_macro():
 
 def test_rollout_batch_marks_answer_tokens():
     from stages.alignment.generate import Generation
-    from stages.ppo.stage import rollout_batch
+    from stages.ppo.trainer import rollout_batch
 
     gens = [Generation([1, 2, 3], [4, 5], "x", True), Generation([1], [6, 7, 8], "y", False)]
     batch = rollout_batch(gens, pad_id=0)

@@ -1,0 +1,276 @@
+"""ppo: the driver coordinating four Ray actors (policy, critic, reference, reward).
+
+Each step: the policy samples answers to a batch of training prompts; reference, reward
+model, critic and the policy itself score them in parallel; the driver turns scores
+into per-token rewards (KL penalty on every token, the reward model's score on the
+last), advantages (GAE, whitened) and returns; then several epochs of mini-batch
+updates run on the policy and the critic at the same time. Held-out prompts are
+evaluated before and after: checker pass rate, mean reward, KL to the SFT model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.alignment import launch
+from stages.alignment.data import read_rows
+from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gains, paired_difference, pass_rates, verdict,
+                                       write_heldout)
+from stages.alignment.generate import Generation, teacher_forced
+from stages.alignment.objectives import gae, leave_one_out, masked_mean, masked_whiten, shaped_rewards
+from stages.alignment.trainer import MODEL_DIR, copy_tokenizer_files
+from stages.core.contract import StageContext, StageResult
+from stages.core.errors import StageError
+from stages.core.ray_runtime import ensure_ray
+from stages.ppo.config import PPOConfig
+from stages.ppo.roles import CriticRole, PolicyRole, ReferenceRole, RewardRole
+
+HISTORY = "ppo_log.jsonl"
+
+
+def rollout_batch(generations, pad_id: int) -> dict[str, np.ndarray]:
+    """Prompt + answer per row, right-padded; ``action_mask[i, t]`` marks answer token t+1."""
+    seqs = [g.prompt_ids + g.response_ids for g in generations]
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    attention = np.zeros((len(seqs), width), dtype=np.int64)
+    action = np.zeros((len(seqs), width - 1), dtype=np.float32)
+    for k, (g, s) in enumerate(zip(generations, seqs)):
+        ids[k, :len(s)], attention[k, :len(s)] = s, 1
+        action[k, len(g.prompt_ids) - 1:len(s) - 1] = 1.0
+    return {"input_ids": ids, "attention_mask": attention, "action_mask": action}
+
+
+class AdaptiveKL:
+    """Ziegler et al. (2019): nudge the coefficient so the per-answer KL tracks a target."""
+
+    def __init__(self, cfg):
+        self.coef, self.cfg = cfg.coef, cfg
+
+    def update(self, kl: float, answers: int) -> None:
+        if self.cfg.adaptive:
+            error = float(np.clip(kl / self.cfg.target - 1, -0.2, 0.2))
+            self.coef *= 1 + error * answers / self.cfg.horizon
+
+
+class PPOTrainer:
+    """What PPOStage does when it runs (the declarations live in stage.py, which imports this lazily)."""
+
+    def run(self, ctx: StageContext[PPOConfig]) -> StageResult:
+        import ray
+
+        cfg = ctx.config
+        sft_dir, rm_dir = str(ctx.inputs["model"].path), str(ctx.inputs["reward_model"].path)
+        prompts = [r for r in checkable(read_rows(ctx.inputs["prompts"].path), None)
+                   if cfg.families is None or r["family"] in cfg.families]
+        if len(prompts) < cfg.rollout.batch_size:
+            raise StageError(f"ppo: {len(prompts)} training prompts for families {cfg.families}, fewer than "
+                             f"ppo.rollout.batch_size={cfg.rollout.batch_size}")
+        heldout = checkable(read_rows(ctx.inputs["heldout"].path), cfg.eval.heldout_per_family)
+        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+        pad_id = tokenizer.pad_token_id
+        anchors = self._anchors(ctx, cfg, tokenizer)
+        a, r = cfg.actors, cfg.rollout
+        policy = ray.remote(PolicyRole).options(num_cpus=a.policy).remote(
+            sft_dir, a.policy, cfg.policy_lr, cfg.grad_clip, r.temperature, ctx.seed)
+        critic = ray.remote(CriticRole).options(num_cpus=a.critic).remote(
+            rm_dir if cfg.critic_init == "reward" else sft_dir, a.critic, cfg.critic_lr, cfg.grad_clip, pad_id, ctx.seed)
+        reference = ray.remote(ReferenceRole).options(num_cpus=a.reference).remote(sft_dir, a.reference, r.temperature)
+        reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(rm_dir, a.reward)
+        try:
+            before = self._evaluate(policy, reference, reward, heldout, cfg, pad_id, ctx.seed)
+            history = self._train(ctx, cfg, prompts, anchors, policy, critic, reference, reward, pad_id)
+            after = self._evaluate(policy, reference, reward, heldout, cfg, pad_id, ctx.seed)
+            state = ray.get(policy.state_dict.remote())
+        finally:
+            for actor in (policy, critic, reference, reward):
+                ray.kill(actor)
+        self._save(sft_dir, state, ctx.output_dir / MODEL_DIR)
+        return self._result(ctx, cfg, heldout, before, after, history)
+
+    @staticmethod
+    def _anchors(ctx, cfg: PPOConfig, tokenizer) -> list[Generation]:
+        """SFT examples of the families PPO does not train on, as (prompt, answer) token ids."""
+        if not cfg.anchor_coef or cfg.families is None:
+            return []
+        rows = [r for r in read_rows(ctx.inputs["prompts"].path) if r["family"] not in cfg.families]
+        return teacher_forced(tokenizer, [r["prompt_text"] for r in rows], [r["response_text"] for r in rows])
+
+    def _train(self, ctx, cfg: PPOConfig, prompts, anchors, policy, critic, reference, reward, pad_id) -> list[dict]:
+        import ray
+
+        rng = np.random.default_rng(ctx.seed)
+        kl_ctl = AdaptiveKL(cfg.kl)
+        history: list[dict[str, Any]] = []
+        r = cfg.rollout
+        for step in range(1, cfg.steps + 1):
+            t0 = time.time()
+            asked = [prompts[i] for i in rng.choice(len(prompts), size=r.batch_size, replace=False)]
+            rows = [row for row in asked for _ in range(r.samples_per_prompt)]  # a prompt's answers side by side
+            gens = ray.get(policy.generate.remote([p["prompt_text"] for p in rows], r.max_new_tokens, len(rows),
+                                                  True, r.top_p, ctx.seed * 100_003 + step))
+            batch = rollout_batch(gens, pad_id)
+            t1 = time.time()
+            old_lp, ref_lp, scores, values = (np.array(x) for x in ray.get([  # copies: store objects are read-only
+                policy.logprobs.remote(batch), reference.logprobs.remote(batch), reward.score.remote(batch),
+                critic.values.remote(batch)]))
+            t2 = time.time()
+            stopped = np.array([g.stopped for g in gens])
+            scores = scores - r.missing_eos_penalty * (~stopped)
+            relative = torch.from_numpy(scores).float()
+            if r.leave_one_out_baseline:
+                relative = leave_one_out(relative, r.samples_per_prompt)
+            mask = torch.from_numpy(batch["action_mask"])
+            rewards, kl = shaped_rewards(relative, torch.from_numpy(old_lp),
+                                         torch.from_numpy(ref_lp), mask, kl_ctl.coef)
+            advantages, returns = gae(rewards, torch.from_numpy(values), mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask) * mask
+            batch.update(old_logprobs=old_lp, old_values=values, advantages=advantages.numpy().astype(np.float32),
+                         returns=returns.numpy().astype(np.float32))
+            updates = []
+            for _ in range(cfg.ppo_epochs):
+                order = rng.permutation(len(rows))
+                for start in range(0, len(rows), cfg.mini_batch_size):
+                    idx = order[start:start + cfg.mini_batch_size]
+                    mb = self._slice(batch, idx)
+                    anchor = None
+                    if anchors:
+                        picked = rng.choice(len(anchors), size=min(cfg.anchor_batch_size, len(anchors)), replace=False)
+                        anchor = rollout_batch([anchors[i] for i in picked], pad_id)
+                    p, c = ray.get([policy.train_step.remote(mb, cfg.clip_ratio, anchor, cfg.anchor_coef),
+                                    critic.train_step.remote(mb, cfg.value_clip)])
+                    updates.append({**p, **c})
+            t3 = time.time()
+            kl_per_answer = float(kl.sum(1).mean())
+            kl_ctl.update(kl_per_answer, len(rows))
+            passed = [verdict(row, g.text) for row, g in zip(rows, gens)]
+            first = mask.argmax(1)
+            metrics = {
+                "reward": float(scores.mean()), "kl": kl_per_answer, "kl_coef": kl_ctl.coef,
+                "response_length": float(mask.sum(1).mean()),
+                "return": float(returns[torch.arange(len(gens)), first].mean()),
+                "value": float(masked_mean(torch.from_numpy(values), mask)),
+                "advantage_abs": float(masked_mean(advantages.abs(), mask)),
+                "rollout_pass_rate": float(np.mean(passed)), "stopped_fraction": float(stopped.mean()),
+                "time_generation_s": t1 - t0, "time_scoring_s": t2 - t1, "time_training_s": t3 - t2,
+                **{k: float(np.mean([u[k] for u in updates])) for k in updates[0]},
+            }
+            history.append({"step": step, **metrics})
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                ctx.log_metrics(metrics, step=step)
+                ctx.log.info("ppo: step %d/%d reward %.3f kl %.3f pass %.2f len %.1f policy_loss %.3f critic_loss %.3f "
+                             "clip %.2f (gen %.1f s, score %.1f s, train %.1f s)", step, cfg.steps, metrics["reward"],
+                             metrics["kl"], metrics["rollout_pass_rate"], metrics["response_length"],
+                             metrics["policy_loss"], metrics["critic_loss"], metrics["ppo_clip_ratio"],
+                             t1 - t0, t2 - t1, t3 - t2)
+        return history
+
+    @staticmethod
+    def _slice(batch: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows ``idx``, trimmed to their longest sequence (less padding per update)."""
+        width = int(batch["attention_mask"][idx].sum(1).max())
+        out = {}
+        for key, value in batch.items():
+            part = value[idx]
+            out[key] = part[:, :width] if key in ("input_ids", "attention_mask") else part[:, :width - 1]
+        return out
+
+    @staticmethod
+    def _evaluate(policy, reference, reward, rows, cfg: PPOConfig, pad_id: int, seed: int) -> dict[str, Any]:
+        """Greedy answers: pass rate and mean reward; sampled answers (``eval.samples_per_prompt``
+        at ``eval.temperature``): the same two figures per prompt, and KL(policy || SFT) per answer."""
+        import ray
+
+        ev = cfg.eval
+        texts = [row["prompt_text"] for row in rows]
+        greedy = ray.get(policy.generate.remote(texts, ev.max_new_tokens, ev.batch_size, False, 1.0, seed))
+        batch = rollout_batch(greedy, pad_id)
+        scores = ray.get(reward.score.remote(batch))
+        verdicts = [verdict(row, g.text) for row, g in zip(rows, greedy)]
+        kls, sampled_verdicts, sampled_scores = [], [], []
+        for k in range(ev.samples_per_prompt):
+            sampled = ray.get(policy.generate.remote(texts, ev.max_new_tokens, ev.batch_size, True,
+                                                     cfg.rollout.top_p, seed + 7 + k, ev.temperature))
+            sb = rollout_batch(sampled, pad_id)
+            lp, ref, score = ray.get([policy.logprobs.remote(sb, ev.temperature),
+                                      reference.logprobs.remote(sb, ev.temperature), reward.score.remote(sb)])
+            kls.append(((lp - ref) * sb["action_mask"]).sum(1))
+            sampled_verdicts.append([verdict(row, g.text) for row, g in zip(rows, sampled)])
+            sampled_scores.append(score)
+        sampled_pass = np.mean(sampled_verdicts, axis=0)  # per prompt: the share of its samples that pass
+        figures = pass_rates(rows, verdicts, ev.bootstrap, seed)
+        figures.update({f"sampled_{k}": v for k, v in pass_rates(rows, sampled_pass.tolist(), ev.bootstrap,
+                                                                  seed).items()})
+        figures.update(mean_reward=float(scores.mean()), sampled_mean_reward=float(np.mean(sampled_scores)),
+                       kl_to_sft=float(np.mean(kls)), response_length=float(batch["action_mask"].sum(1).mean()))
+        return {"answers": [g.text for g in greedy], "verdicts": verdicts, "scores": scores.tolist(),
+                "sampled_pass": sampled_pass.tolist(), "sampled_scores": np.mean(sampled_scores, axis=0).tolist(),
+                "figures": figures}
+
+    @staticmethod
+    def _save(sft_dir: str, state: dict, out: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype="float32")
+        model.load_state_dict(state)
+        model.save_pretrained(str(out), safe_serialization=True)
+        copy_tokenizer_files(Path(sft_dir), out)
+
+    def _result(self, ctx, cfg, rows, before, after, history) -> StageResult:
+        out = ctx.output_dir
+        ev = cfg.eval
+        metrics: dict[str, float] = {}
+        for tag, result in (("sft", before), ("ppo", after)):
+            metrics.update({f"{tag}.{k}": v for k, v in result["figures"].items()})
+        pass_gain = paired_difference([float(v) for v in after["verdicts"]], [float(v) for v in before["verdicts"]],
+                                      ev.bootstrap, ctx.seed)
+        reward_gain = paired_difference(after["scores"], before["scores"], ev.bootstrap, ctx.seed)
+        metrics.update({f"ppo_minus_sft.pass_rate.{k}": v for k, v in pass_gain.items()})
+        by_family = family_gains(rows, after["verdicts"], before["verdicts"], ev.bootstrap, ctx.seed)
+        metrics.update({f"ppo_minus_sft.{k}": v for k, v in by_family.items()})
+        metrics.update({f"ppo_minus_sft.reward.{k}": v for k, v in reward_gain.items()})
+        sampled_gain = paired_difference(after["sampled_pass"], before["sampled_pass"], ev.bootstrap, ctx.seed)
+        metrics.update({f"ppo_minus_sft.sampled_pass_rate.{k}": v for k, v in sampled_gain.items()})
+        sampled_by_family = family_gains(rows, after["sampled_pass"], before["sampled_pass"], ev.bootstrap, ctx.seed)
+        metrics.update({f"ppo_minus_sft.sampled_{k}": v for k, v in sampled_by_family.items()})
+        sampled_reward_gain = paired_difference(after["sampled_scores"], before["sampled_scores"], ev.bootstrap,
+                                                ctx.seed)
+        metrics.update({f"ppo_minus_sft.sampled_reward.{k}": v for k, v in sampled_reward_gain.items()})
+        timing = {k: float(np.mean([h[k] for h in history])) for k in ("time_generation_s", "time_scoring_s",
+                                                                       "time_training_s")}
+        metrics.update({f"mean_{k}": v for k, v in timing.items()})
+        (out / HISTORY).write_text("".join(json.dumps(h) + "\n" for h in history))
+        answers = {"sft": before["answers"], "ppo": after["answers"]}
+        verdicts = {"sft": before["verdicts"], "ppo": after["verdicts"]}
+        write_heldout(out, rows, answers, verdicts, ev.samples_logged,
+                      rewards={"sft": before["scores"], "ppo": after["scores"]})
+        ctx.log.info("ppo: held-out pass rate %.3f -> %.3f greedy (gain %.3f, 95%% CI %.3f..%.3f), %.3f -> %.3f sampled "
+                     "(gain %.3f, CI %.3f..%.3f); reward %.3f -> %.3f (gain CI %.3f..%.3f); KL to SFT %.3f",
+                     before["figures"].get("pass_rate", 0), after["figures"].get("pass_rate", 0), pass_gain["mean"],
+                     pass_gain["ci_low"], pass_gain["ci_high"], before["figures"].get("sampled_pass_rate", 0),
+                     after["figures"].get("sampled_pass_rate", 0), sampled_gain["mean"], sampled_gain["ci_low"],
+                     sampled_gain["ci_high"], before["figures"]["mean_reward"], after["figures"]["mean_reward"],
+                     reward_gain["ci_low"], reward_gain["ci_high"], after["figures"]["kl_to_sft"])
+        return StageResult(counts={"steps": cfg.steps, "heldout_prompts": len(rows),
+                                   "rollout_answers": cfg.steps * cfg.rollout.batch_size * cfg.rollout.samples_per_prompt},
+                           metrics=metrics, details={"before": before["figures"], "after": after["figures"],
+                                                     "pass_gain": pass_gain, "reward_gain": reward_gain,
+                                                     "pass_gain_by_family": by_family,
+                                                     "sampled_pass_gain": sampled_gain,
+                                                     "sampled_pass_gain_by_family": sampled_by_family,
+                                                     "time_split_s": timing},
+                           outputs={"model": f"{MODEL_DIR}/", "history": HISTORY, "samples": SAMPLES,
+                                    "heldout_eval": EVAL_FILE})
+
+    def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
+        return launch.register_policy(tracker, run_id, output_dir, pipeline_name, "latest-ppo")
