@@ -3,7 +3,7 @@ flow leaves it running."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -18,6 +18,9 @@ class GateConfig(StrictModel):
                                                              "below production's.")
     max_perplexity_increase: float = Field(0.05, ge=0, description="Relative: validation perplexity at most "
                                                                     "this much above production's.")
+    figures: list[Literal["pass_rate", "perplexity"]] = Field(
+        ["pass_rate", "perplexity"], min_length=1,
+        description="What the gate compares; a named figure missing on either side refuses the candidate.")
 
 
 class ServerConfig(StrictModel):

@@ -1,11 +1,18 @@
 """The promotion gate and the ``production`` alias: which registered version a quantize
-run produced, the eval figures of any version, the gate's verdict, and rollback."""
+run produced, the eval figures of any version, the gate's decision, and rollback.
+
+The gate fails closed: a figure it compares that either side lacks (or that is NaN) is a
+refusal with the reason, never a pass; ``decide`` is the whole decision, and the deploy
+stage and the tests both call it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from stages.core.errors import StageError
+
+GATED = ("pass_rate", "perplexity")  # what the gate compares, in this order
 
 PRODUCTION = "production"
 PREVIOUS_TAG = "lmforge.previous_production"
@@ -51,21 +58,47 @@ def production_version(client, name: str):
 
 
 def judge(candidate: dict[str, float], current: dict[str, float] | None, current_version: str | None,
-          max_pass_rate_drop: float, max_perplexity_increase: float) -> Verdict:
+          max_pass_rate_drop: float, max_perplexity_increase: float,
+          gated: tuple[str, ...] = GATED) -> Verdict:
+    """Promote only when every gated figure is there on both sides and within its bound."""
+    def known(figures: dict[str, float], key: str) -> bool:
+        value = figures.get(key)
+        return value is not None and not math.isnan(value)
+
+    missing = [k for k in gated if not known(candidate, k)]
+    if missing:
+        return Verdict(False, f"the candidate has no {', '.join(missing)} to gate on: refused (fail closed)",
+                       candidate, current, current_version)
     if current is None:
         return Verdict(True, "no production model yet", candidate, None, None)
+    missing = [k for k in gated if not known(current, k)]
+    if missing:
+        return Verdict(False, f"production v{current_version} has no {', '.join(missing)} to compare with: refused "
+                              f"(fail closed; promote by hand or drop it from deploy.gate.figures)",
+                       candidate, current, current_version)
     problems = []
-    if "pass_rate" in candidate and "pass_rate" in current and \
-            candidate["pass_rate"] < current["pass_rate"] - max_pass_rate_drop:
+    if "pass_rate" in gated and candidate["pass_rate"] < current["pass_rate"] - max_pass_rate_drop:
         problems.append(f"pass rate {candidate['pass_rate']:.3f} < production's {current['pass_rate']:.3f} "
                         f"- {max_pass_rate_drop}")
-    if "perplexity" in candidate and "perplexity" in current and \
-            candidate["perplexity"] > current["perplexity"] * (1 + max_perplexity_increase):
+    if "perplexity" in gated and candidate["perplexity"] > current["perplexity"] * (1 + max_perplexity_increase):
         problems.append(f"perplexity {candidate['perplexity']:.2f} > production's {current['perplexity']:.2f} "
                         f"x {1 + max_perplexity_increase:.2f}")
     if problems:
         return Verdict(False, "; ".join(problems), candidate, current, current_version)
     return Verdict(True, f"within the gates of production v{current_version}", candidate, current, current_version)
+
+
+def decide(client, name: str, candidate, gate) -> tuple[Verdict, object | None]:
+    """The gate, whole: the candidate version's figures against production's, judged with ``gate``
+    (``deploy.gate``), and ``production`` moved when it passes. Returns the verdict and the version that
+    production pointed to before."""
+    current = production_version(client, name)
+    verdict = judge(figures(client, candidate), figures(client, current) if current else None,
+                    str(current.version) if current else None, gate.max_pass_rate_drop,
+                    gate.max_perplexity_increase, tuple(gate.figures))
+    if verdict.promote:
+        promote(client, name, str(candidate.version), str(current.version) if current else None)
+    return verdict, current
 
 
 def promote(client, name: str, version: str, previous: str | None) -> None:

@@ -120,14 +120,12 @@ class DeployStage(Stage[DeployConfig]):
             candidate = promotion.version_of_run(client, name, model_input.run_id)
         else:  # standalone: the registered latest-quantized version (what the input defaulted to)
             candidate = client.get_model_version_by_alias(name, "latest-quantized")
-        current = promotion.production_version(client, name)
-        verdict = promotion.judge(promotion.figures(client, candidate),
-                                  promotion.figures(client, current) if current else None,
-                                  str(current.version) if current else None,
-                                  cfg.gate.max_pass_rate_drop, cfg.gate.max_perplexity_increase)
+        verdict, current = promotion.decide(client, name, candidate, cfg.gate)
         if verdict.promote:
-            promotion.promote(client, name, str(candidate.version), str(current.version) if current else None)
             ctx.log.info("deploy: %s v%s is production (%s)", name, candidate.version, verdict.reason)
+        elif current is None:
+            raise StageError(f"deploy: the gate refused {name} v{candidate.version} ({verdict.reason}) and there is "
+                             f"no production model to serve instead")
         else:
             ctx.log.warning("deploy: gate refused %s v%s: %s; production stays v%s", name, candidate.version,
                             verdict.reason, verdict.production_version)
