@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stages.core import names
 from pipelines import runs
 
 def _declared() -> list:
@@ -155,10 +156,10 @@ def pipeline_view(client, run) -> dict[str, Any]:
         "funnel": _funnel(m), "reasons": _reasons(m), "curves": curves, "pass_rates": _pass_rates(m),
         "chart_stage": _chart_stages(),
         "quantization": _quantization(m),
-        "quantized": {"chosen": quantize.get("lmforge.quantized_variant"), "why": quantize.get("lmforge.choice")},
-        "gate": {"promoted": deploy.get("lmforge.promoted"), "reason": deploy.get("lmforge.gate"),
-                 "served_version": deploy.get("lmforge.served_version"),
-                 "candidate_version": deploy.get("lmforge.candidate_version")} if deploy else {},
+        "quantized": {"chosen": quantize.get(names.TAG_QUANTIZED_VARIANT), "why": quantize.get(names.TAG_CHOICE)},
+        "gate": {"promoted": deploy.get(names.TAG_PROMOTED), "reason": deploy.get(names.TAG_GATE),
+                 "served_version": deploy.get(names.TAG_SERVED_VERSION),
+                 "candidate_version": deploy.get(names.TAG_CANDIDATE_VERSION)} if deploy else {},
         "serving": serving,
         "serving_load": {k: m[f"deploy.{k}"] for k in ("throughput_tokens_per_s", "errors", "requests",
                                                         "burst_requests") if f"deploy.{k}" in m},
@@ -169,7 +170,7 @@ def _whole(run) -> bool:
     """A finished run of the whole DAG (not --until, not a rerun with --only): what the page opens on."""
     from pipelines.dag import pipeline_choices, stages_to_run
 
-    planned = [s for s in run.data.tags.get("lmforge.stages", "").split(",") if s]
+    planned = [s for s in run.data.tags.get(names.TAG_STAGES, "").split(",") if s]
     dag = stages_to_run(None, pipeline_choices(run.data.params))
     return run.info.status == "FINISHED" and bool(planned) and planned[-1] == dag[-1]
 

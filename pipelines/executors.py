@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from stages.core import names
 from pipelines.config import PipelineConfig
 from stages.core.contract import Stage, StageInput
 from stages.core.lineage import upstream_input
@@ -106,7 +107,7 @@ class RayJobExecutor:
             entrypoint=self.entrypoint(name, stage_runs, output, reuse),
             submission_id=f"lmforge-{name}-{uuid.uuid4().hex[:10]}",
             runtime_env=job_runtime_env(job_dir, env),
-            metadata={"lmforge.stage": name, "lmforge.pipeline_run_id": self.parent_run_id},
+            metadata={names.TAG_STAGE: name, names.TAG_PIPELINE: self.parent_run_id},
         )
         deadline = time.time() + engine.submit_timeout_s
         while True:

@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from stages.core import names
 from pipelines.config import PipelineConfig, from_dict, load_config
 from pipelines.executors import InlineExecutor, RayJobExecutor
 from pipelines.dag import stages_to_run, upstream_in_run
@@ -193,39 +194,39 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
     plan = resolve_plan(config, until, config_path, overrides, rerun_stage, rerun_from, only)
     cfg = plan.config
     config = cfg.model_dump(mode="json")
-    names = plan.stages or stages_to_run(plan.until, cfg.pipeline.model_dump())
+    planned = plan.stages or stages_to_run(plan.until, cfg.pipeline.model_dump())
     flow_run_id = str(flow_run.id)
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
     tags = {
-        "lmforge.kind": "pipeline",
-        "lmforge.prefect_flow_run_id": flow_run_id,
-        "lmforge.config_path": config_path or "",
-        "lmforge.until": plan.until or "",
-        "lmforge.stages": ",".join(names),
-        "lmforge.pid": str(os.getpid()),
-        "lmforge.host": socket.gethostname(),
-        "lmforge.prefect_api_url": os.environ.get("PREFECT_API_URL", ""),
+        names.TAG_KIND: "pipeline",
+        names.TAG_PREFECT_FLOW_RUN: flow_run_id,
+        names.TAG_CONFIG_PATH: config_path or "",
+        names.TAG_UNTIL: plan.until or "",
+        names.TAG_STAGES: ",".join(planned),
+        names.TAG_PID: str(os.getpid()),
+        names.TAG_HOST: socket.gethostname(),
+        names.TAG_PREFECT_API: os.environ.get("PREFECT_API_URL", ""),
     }
     if plan.rerun_of:
-        tags.update({"lmforge.rerun_of": plan.rerun_of, "lmforge.rerun_stage": plan.rerun_stage or "",
-                     "lmforge.forced": ",".join(plan.force)})
+        tags.update({names.TAG_RERUN_OF: plan.rerun_of, names.TAG_RERUN_STAGE: plan.rerun_stage or "",
+                     names.TAG_FORCED: ",".join(plan.force)})
     parent = tracker.start_run(flow_run.name or pipeline_run_name(), tags=tags)
     tracker.log_params(parent, config)
     tracker.client.log_text(parent, yaml.safe_dump(config, sort_keys=False), CONFIG_ARTIFACT)
     what = f" (rerun of {plan.rerun_of}; forced: {', '.join(plan.force) or 'none'})" if plan.rerun_of else ""
     logger.info("pipeline run %s (MLflow experiment %s): %s%s", parent, tracker.experiment_name,
-                " -> ".join(names), what)
+                " -> ".join(planned), what)
     results: dict[str, dict[str, Any]] = {}
     stage_runs: dict[str, str] = {}
     started = time.time()
     failed: str | None = None
     error: BaseException | None = None
-    for name in names:
+    for name in planned:
         try:
             info = run_stage.with_options(
                 name=name, task_run_name=name, retries=cfg.pipeline.retries,
                 retry_delay_seconds=cfg.pipeline.retry_delay_s, retry_condition_fn=_not_cancelled,
-            )(name, config, {up: stage_runs[up] for up in upstream_in_run(name, names) if up in stage_runs}, parent,
+            )(name, config, {up: stage_runs[up] for up in upstream_in_run(name, planned) if up in stage_runs}, parent,
               name not in plan.force)
         except Exception as exc:  # noqa: BLE001 - recorded on the parent run, then re-raised
             failed, error = name, exc
@@ -234,8 +235,8 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
         stage_runs[name] = info["run_id"]
         _roll_up(tracker, parent, name, info)
         tracker.set_tags(parent, {  # kept current, so `lmforge status` shows a running pipeline's progress
-            "lmforge.stage_runs": ",".join(f"{k}={v}" for k, v in stage_runs.items()),
-            "lmforge.cache_hits": ",".join(n for n, i in results.items() if i["cache_hit"]),
+            names.TAG_STAGE_RUNS: ",".join(f"{k}={v}" for k, v in stage_runs.items()),
+            names.TAG_CACHE_HITS: ",".join(n for n, i in results.items() if i["cache_hit"]),
         })
 
     summary = {
@@ -255,9 +256,9 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
     if error is not None:
         cancelled = isinstance(error, Cancelled)
         message = f"stage {failed} {'was cancelled' if cancelled else 'failed'}: {error}"
-        tracker.set_tags(parent, {"lmforge.failed_stage": failed})
+        tracker.set_tags(parent, {names.TAG_FAILED_STAGE: failed})
         if cancelled:
-            tracker.set_tags(parent, {"lmforge.error": message})
+            tracker.set_tags(parent, {names.TAG_ERROR: message})
             tracker.finish(parent, "KILLED")
         else:
             tracker.fail(parent, message)

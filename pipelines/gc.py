@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stages.core import names
 from pipelines import runs
 from stages.core.atomic import registered_stale_temps, remove_temp
 from stages.core.errors import ConfigError
@@ -85,7 +86,7 @@ def _registered_runs(client, stage_runs) -> set[str]:
 
 
 def _stage_runs_of(client, pipeline_run) -> set[str]:
-    used = set(runs._pairs(pipeline_run.data.tags.get("lmforge.stage_runs", "")).values())
+    used = set(runs._pairs(pipeline_run.data.tags.get(names.TAG_STAGE_RUNS, "")).values())
     children = client.search_runs([pipeline_run.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{pipeline_run.info.run_id}'",
                                   max_results=500)
@@ -113,20 +114,20 @@ def _plan_runs(client, keep: int, result: Plan) -> None:
     ids = runs.experiment_ids(client)
     pipelines = runs.recent_pipeline_runs(client, limit=5000)
     running = [p for p in pipelines if runs.pipeline_state(p) == "RUNNING"]
-    stage_runs = client.search_runs(ids, filter_string="tags.`lmforge.stage` != ''", max_results=50000)
+    stage_runs = client.search_runs(ids, filter_string=f"tags.`{names.TAG_STAGE}` != ''", max_results=50000)
     needed = _registered_runs(client, stage_runs)
     for pipeline_run in pipelines[:keep] + running:
         needed |= _stage_runs_of(client, pipeline_run)
     result.kept_runs = len([r for r in stage_runs if r.info.run_id in needed])
-    needed_keys = {r.data.tags.get("lmforge.cache_key", "")[:20] for r in stage_runs if r.info.run_id in needed}
+    needed_keys = {r.data.tags.get(names.TAG_CACHE_KEY, "")[:20] for r in stage_runs if r.info.run_id in needed}
     for r in stage_runs:
         if r.info.run_id in needed or r.info.status == "RUNNING":
             if r.info.status == "RUNNING":
-                needed_keys.add(r.data.tags.get("lmforge.cache_key", "")[:20])
+                needed_keys.add(r.data.tags.get(names.TAG_CACHE_KEY, "")[:20])
             continue
         path = local_path_of(r.info.artifact_uri)
         result.delete.append(Item("stage-run", path, size_of(path) if path else 0, r.info.run_id,
-                                  f"{r.data.tags.get('lmforge.stage')} {r.info.run_id}"))
+                                  f"{r.data.tags.get(names.TAG_STAGE)} {r.info.run_id}"))
     live = {p.info.run_id for p in running}
     if work_root().exists():
         for folder in sorted(work_root().iterdir()):
@@ -165,5 +166,5 @@ def apply(client, result: Plan) -> None:
         elif item.path is not None:
             shutil.rmtree(item.path, ignore_errors=True) if item.path.is_dir() else item.path.unlink(missing_ok=True)
         if item.kind == "stage-run" and item.run_id:
-            client.set_tag(item.run_id, "lmforge.gc", "artifacts removed by lmforge gc")
+            client.set_tag(item.run_id, names.TAG_GC, "artifacts removed by lmforge gc")
             client.delete_run(item.run_id)

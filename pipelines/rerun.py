@@ -12,13 +12,12 @@ from typing import Any
 
 import yaml
 
+from stages.core import names
 from pipelines.config import PipelineConfig, from_dict
 from stages.core.configuration import apply_overrides
 from stages.core.errors import ConfigError
 
 CONFIG_ARTIFACT = "pipeline_config.yaml"
-TAG_KIND = "lmforge.kind"
-TAG_STAGES = "lmforge.stages"
 
 
 @dataclass
@@ -42,8 +41,8 @@ def pipeline_run(client, run_id: str):
     except MlflowException:
         raise ConfigError(f"--from: no MLflow run {run_id!r} in {client.tracking_uri} "
                           "(`lmforge status` lists pipeline runs)") from None
-    if run.data.tags.get(TAG_KIND) != "pipeline":
-        stage = run.data.tags.get("lmforge.stage")
+    if run.data.tags.get(names.TAG_KIND) != "pipeline":
+        stage = run.data.tags.get(names.TAG_STAGE)
         hint = f" (it is a run of stage {stage}; its pipeline run is {run.data.tags.get('mlflow.parentRunId')})" \
             if stage else ""
         raise ConfigError(f"--from: run {run_id} is not a pipeline run{hint}")
@@ -65,9 +64,9 @@ def plan_rerun(client, from_run: str, stage: str | None, only: bool, overrides: 
     """``stage`` None resumes: same config, every finished stage a cache hit, nothing forced."""
     run = pipeline_run(client, from_run)
     config = from_dict(apply_overrides(recorded_config(client, run), overrides))
-    stages = [s for s in run.data.tags.get(TAG_STAGES, "").split(",") if s]
+    stages = [s for s in run.data.tags.get(names.TAG_STAGES, "").split(",") if s]
     if not stages:
-        raise ConfigError(f"pipeline run {from_run} records no stages (tag {TAG_STAGES})")
+        raise ConfigError(f"pipeline run {from_run} records no stages (tag {names.TAG_STAGES})")
     if stage is None:
         return RunPlan(config, until=stages[-1], stages=stages, rerun_of=from_run)
     if stage not in stages:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from stages.core import names
 from stages.core.errors import ConfigError
 
 KIND = "pipeline"
@@ -21,7 +22,7 @@ def recent_pipeline_runs(client, limit: int = 10) -> list:
     ids = experiment_ids(client)
     if not ids:
         return []
-    return client.search_runs(ids, filter_string=f"tags.`lmforge.kind` = '{KIND}'",
+    return client.search_runs(ids, filter_string=f"tags.`{names.TAG_KIND}` = '{KIND}'",
                               order_by=["attributes.start_time DESC"], max_results=limit)
 
 
@@ -32,8 +33,8 @@ def get_pipeline_run(client, run_id: str):
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(f"no MLflow run {run_id!r} in {client.tracking_uri} (`lmforge status` lists them)") from None
-    if run.data.tags.get("lmforge.kind") != KIND:
-        raise ConfigError(f"run {run_id} is not a pipeline run (it is {run.data.tags.get('lmforge.stage', 'untagged')})")
+    if run.data.tags.get(names.TAG_KIND) != KIND:
+        raise ConfigError(f"run {run_id} is not a pipeline run (it is {run.data.tags.get(names.TAG_STAGE, 'untagged')})")
     return run
 
 
@@ -44,12 +45,12 @@ def _pairs(tag: str) -> dict[str, str]:
 def process_alive(run) -> bool | None:
     """Whether the process that runs this pipeline is alive (None: it runs on another host)."""
     tags = run.data.tags
-    if tags.get("lmforge.host") != socket.gethostname() or not tags.get("lmforge.pid"):
+    if tags.get(names.TAG_HOST) != socket.gethostname() or not tags.get(names.TAG_PID):
         return None
     import psutil
 
     try:
-        return psutil.Process(int(tags["lmforge.pid"])).status() != psutil.STATUS_ZOMBIE
+        return psutil.Process(int(tags[names.TAG_PID])).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
     except psutil.AccessDenied:
@@ -67,10 +68,10 @@ def stage_states(client, run) -> list[dict[str, Any]]:
     """One row per planned stage: state (done, cached, running, failed, cancelled, pending, not run),
     its MLflow run and duration."""
     tags = run.data.tags
-    planned = [s for s in tags.get("lmforge.stages", "").split(",") if s]
-    finished = _pairs(tags.get("lmforge.stage_runs", ""))
-    hits = set(filter(None, tags.get("lmforge.cache_hits", "").split(",")))
-    children = {c.data.tags.get("lmforge.stage"): c for c in client.search_runs(
+    planned = [s for s in tags.get(names.TAG_STAGES, "").split(",") if s]
+    finished = _pairs(tags.get(names.TAG_STAGE_RUNS, ""))
+    hits = set(filter(None, tags.get(names.TAG_CACHE_HITS, "").split(",")))
+    children = {c.data.tags.get(names.TAG_STAGE): c for c in client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
         order_by=["attributes.start_time ASC"], max_results=200)}
     pipeline = pipeline_state(run)
@@ -108,10 +109,10 @@ def describe(client, run) -> dict[str, Any]:
         "state": pipeline_state(run),
         "started": run.info.start_time,
         "duration_s": run.data.metrics.get("pipeline.duration_s"),
-        "prefect_flow_run_id": tags.get("lmforge.prefect_flow_run_id"),
-        "rerun_of": tags.get("lmforge.rerun_of"),
-        "failed_stage": tags.get("lmforge.failed_stage"),
-        "error": tags.get("lmforge.error"),
+        "prefect_flow_run_id": tags.get(names.TAG_PREFECT_FLOW_RUN),
+        "rerun_of": tags.get(names.TAG_RERUN_OF),
+        "failed_stage": tags.get(names.TAG_FAILED_STAGE),
+        "error": tags.get(names.TAG_ERROR),
         "stages": stage_states(client, run),
     }
 
@@ -149,8 +150,8 @@ def reused_stages(client, run) -> dict[str, float | None]:
     """{stage: the reused run's own duration} of a pipeline run's cache hits: a reused stage took no time in
     this run, and its lookup time is not a figure to compare with a stage that computed."""
     tags = run.data.tags
-    hits = [s for s in tags.get("lmforge.cache_hits", "").split(",") if s]
-    stage_runs = _pairs(tags.get("lmforge.stage_runs", ""))
+    hits = [s for s in tags.get(names.TAG_CACHE_HITS, "").split(",") if s]
+    stage_runs = _pairs(tags.get(names.TAG_STAGE_RUNS, ""))
     own = {}
     for stage in hits:
         try:
@@ -165,11 +166,11 @@ def compare(client, run_ids: list[str], everything: bool = False) -> dict[str, A
         raise ConfigError("compare needs at least two pipeline runs")
     runs = [get_pipeline_run(client, r) for r in run_ids]
     reused = [reused_stages(client, r) for r in runs]
-    names = sorted(set().union(*(r.data.metrics for r in runs)))
+    figures = sorted(set().union(*(r.data.metrics for r in runs)))
     if not everything:
-        names = [n for n in names if is_key_figure(n)]
+        figures = [n for n in figures if is_key_figure(n)]
     rows = []
-    for name in names:
+    for name in figures:
         values = [r.data.metrics.get(name) for r in runs]
         stage, _, leaf = name.partition(".")
         marks = [stage in hits for hits in reused]

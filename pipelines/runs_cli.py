@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from stages.core import names
 from pipelines.cli_common import console, fail
 from stages.core.errors import LmforgeError
 
@@ -163,7 +164,7 @@ def cancel(
     if alive:
         from pipelines.flow import CANCEL_SIGNAL
 
-        pid = int(run.data.tags["lmforge.pid"])
+        pid = int(run.data.tags[names.TAG_PID])
         os.kill(pid, CANCEL_SIGNAL)
         console.print(f"sent {CANCEL_SIGNAL.name} to pid {pid}; waiting up to {wait_s:.0f} s for it to stop")
         deadline = time.time() + wait_s
@@ -175,7 +176,7 @@ def cancel(
                       "(a worker stops it)")
     prefect_state = _cancel_flow_run(run, final=stopped or alive is False)
     if alive is False:  # its process is gone: close what it left open
-        client.set_tag(run_id, "lmforge.error", "cancelled after its process was lost")
+        client.set_tag(run_id, names.TAG_ERROR, "cancelled after its process was lost")
         client.set_terminated(run_id, "KILLED")
     state = runs.pipeline_state(client.get_run(run_id))
     console.print(f"pipeline run {run_id}: {state}; Prefect flow run: {prefect_state}")
@@ -187,8 +188,8 @@ def _cancel_flow_run(run, final: bool) -> str | None:
     """Mark the Prefect flow run Cancelled (or Cancelling, for a worker to act on) over the REST API."""
     import httpx
 
-    api = run.data.tags.get("lmforge.prefect_api_url")
-    flow_run_id = run.data.tags.get("lmforge.prefect_flow_run_id")
+    api = run.data.tags.get(names.TAG_PREFECT_API)
+    flow_run_id = run.data.tags.get(names.TAG_PREFECT_FLOW_RUN)
     if not api or not flow_run_id:
         return None
     kind, name = ("CANCELLED", "Cancelled") if final else ("CANCELLING", "Cancelling")

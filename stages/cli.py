@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from stages.core import names
 from stages.core.configuration import apply_overrides, load_yaml, validate
 from stages.core.errors import ConfigError, LmforgeError
 
@@ -103,9 +104,9 @@ def run_standalone(name: str, inputs: list[str], output: Path, config_path: Opti
             if input_name not in parsed:  # standalone defaults to the registered model (DESIGN.md)
                 from stages.core.tracking import find_registered
 
-                found = find_registered(f"lmforge-{pipeline_name}-{kind}", alias, tracking_uri)
+                found = find_registered(names.registered_model(pipeline_name, kind), alias, tracking_uri)
                 if found is not None:
-                    print(f"{name}: --input {input_name} defaults to lmforge-{pipeline_name}-{kind}@{alias} "
+                    print(f"{name}: --input {input_name} defaults to {names.registered_model(pipeline_name, kind)}@{alias} "
                           f"({found})", file=sys.stderr)
                     parsed[input_name] = [str(found)]
         config, resolved = stage.standalone_inputs(config, parsed)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from stages.core import names
 from stages.alignment.trainer import MARKER, MODEL_DIR, TRAIN_LOG, train_worker
 from stages.core.contract import StageContext
 from stages.core.errors import ConfigError, StageError
@@ -68,6 +69,6 @@ def register_policy(tracker, run_id: str, output_dir: Path, pipeline_name: str, 
     samples = output_dir / "samples.json"
     if samples.exists():
         tracker.client.log_table(run_id, data=json.loads(samples.read_text()), artifact_file="samples_table.json")
-    name = f"lmforge-{pipeline_name}-lm"
+    name = names.registered_model(pipeline_name, "lm")
     version = register_artifact(tracker, name, run_id, MODEL_DIR, alias)
-    return {"lmforge.registered_model": f"{name}/{version}"}
+    return {names.TAG_REGISTERED_MODEL: f"{name}/{version}"}

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from stages.core import names
 from stages.core.atomic import atomic_output_dir
 from stages.core.codehash import code_hash
 from stages.core.contract import Stage, StageConfig, StageContext, StageInput, StageResult
@@ -21,7 +22,8 @@ from stages.core.digests import sha256_json, tree_digests
 from stages.core.environment import hardware, library_versions, lock_hash
 from stages.core.errors import Cancelled, ConfigError, LmforgeError, StageError
 from stages.core.manifest import MANIFEST, read_manifest, write_manifest
-from stages.core.tracking import TAG_CACHE_KEY, TAG_COMPLETE, TAG_PIPELINE, TAG_STAGE, Tracker
+from stages.core.names import TAG_CACHE_KEY, TAG_COMPLETE, TAG_PIPELINE, TAG_STAGE
+from stages.core.tracking import Tracker
 
 log = logging.getLogger("lmforge.runner")
 
@@ -162,7 +164,7 @@ def execute_stage(
     except BaseException as exc:
         if tracking is not None and run_id is not None:
             if isinstance(exc, (Cancelled, KeyboardInterrupt)) or type(exc).__name__ == "TerminationSignal":
-                tracking.tracker.set_tags(run_id, {"lmforge.error": "cancelled"})
+                tracking.tracker.set_tags(run_id, {names.TAG_ERROR: "cancelled"})
                 tracking.tracker.finish(run_id, "KILLED")
             else:
                 message = str(exc) if isinstance(exc, LmforgeError) else f"{type(exc).__name__}: {exc}"

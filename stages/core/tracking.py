@@ -19,11 +19,7 @@ from urllib.parse import unquote, urlparse
 from stages.core.configuration import flatten
 from stages.core.paths import lmforge_home
 
-TAG_STAGE = "lmforge.stage"
-TAG_CACHE_KEY = "lmforge.cache_key"
-TAG_COMPLETE = "lmforge.complete"
-TAG_PIPELINE = "lmforge.pipeline_run_id"
-TAG_ERROR = "lmforge.error"
+from stages.core.names import TAG_CACHE_KEY, TAG_COMPLETE, TAG_ERROR, TAG_STAGE
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment of unknown kind in its GenAI view (traces, evaluations); lmforge's are
 # model-training experiments, which it shows in the classic runs view
@@ -208,29 +204,49 @@ def register_artifact(tracker: Tracker, name: str, run_id: str, artifact_path: s
     return str(version.version)
 
 
+def resolve_registered(uri: str, tracking_uri: str | None = None) -> tuple[Path, str, str]:
+    """(local folder, registered name, version) of MLflow's own ``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION`` (``@latest``: the newest version). The one place lmforge turns a
+    registered model into files: a local store's path as is, anything else downloaded by MLflow."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.tracking import MlflowClient
+
+    from stages.core.errors import ConfigError
+
+    if not uri.startswith("models:/"):
+        raise ConfigError(f"{uri!r} is not a registered model URI (models:/NAME@ALIAS or models:/NAME/VERSION)")
+    spec = uri.removeprefix("models:/")
+    store = tracking_uri or default_tracking_uri()
+    client = MlflowClient(tracking_uri=store)
+    if "@" in spec:
+        name, alias = spec.split("@", 1)
+        if alias.lower() == "latest":  # MLflow reserves the word: the newest version, never a set alias
+            found = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+            if not found:
+                raise ConfigError(f"{uri}: {name} has no version")
+            version = found[0]
+        else:
+            version = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, number = spec.rpartition("/")
+        version = client.get_model_version(name, number)
+    local = local_path_of(version.source)
+    if local is None or not local.exists():
+        local = Path(download_artifacts(artifact_uri=version.source, tracking_uri=store))
+    return local, name, str(version.version)
+
+
 def find_registered(name: str, alias: str, tracking_uri: str | None = None) -> Path | None:
-    """Local path of ``name@alias`` in the tracking store, or None (the store is not created)."""
+    """Local path of ``name@alias`` in the tracking store, or None (no such model or alias, no store yet)."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    from stages.core.errors import ConfigError
+    from stages.core.names import model_uri
+
     try:
-        if alias.lower() == "latest":
-            versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"],
-                                                    max_results=1)
-            if not versions:
-                return None
-            version = versions[0]
-        else:
-            version = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+        return resolve_registered(model_uri(name, alias), uri)[0]
+    except (MlflowException, ConfigError):
         return None
-    local = local_path_of(version.source)
-    if local is not None:
-        return local
-    from mlflow.artifacts import download_artifacts
-
-    return Path(download_artifacts(artifact_uri=version.source, tracking_uri=uri))

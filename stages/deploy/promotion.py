@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from stages.core import names
 from stages.core.errors import StageError
 
 GATED = ("pass_rate", "perplexity")  # what the gate compares, in this order
 
-PRODUCTION = "production"
-PREVIOUS_TAG = "lmforge.previous_production"
+PRODUCTION = names.PRODUCTION
+PREVIOUS_TAG = names.TAG_PREVIOUS_PRODUCTION
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Verdict:
 
 
 def registry_name(pipeline: str) -> str:
-    return f"lmforge-{pipeline}-lm"
+    return names.registered_model(pipeline, "lm")
 
 
 def version_of_run(client, name: str, run_id: str):
@@ -42,10 +43,10 @@ def version_of_run(client, name: str, run_id: str):
 def figures(client, version) -> dict[str, float]:
     """pass_rate and perplexity of a version, from the quantize run that registered it."""
     run = client.get_run(version.run_id)
-    variant = run.data.tags.get("lmforge.quantized_variant")
+    variant = run.data.tags.get(names.TAG_QUANTIZED_VARIANT)
     metrics = run.data.metrics
     if variant is None:  # a policy registered by sft/ppo/dpo: its own held-out pass rate
-        key = f"{run.data.tags.get('lmforge.stage', '')}.pass_rate"
+        key = f"{run.data.tags.get(names.TAG_STAGE, '')}.pass_rate"
         return {"pass_rate": metrics[key]} if key in metrics else {}
     return {k: metrics[f"{variant}.{k}"] for k in ("pass_rate", "perplexity") if f"{variant}.{k}" in metrics}
 

@@ -14,34 +14,18 @@ APP_NAME = "lmforge"
 
 
 def resolve_model(uri: str, tracking_uri: str | None = None) -> tuple[Path, str, str]:
-    """(local folder, registered name, version) of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
-    from mlflow.tracking import MlflowClient
-
-    from stages.core.tracking import default_tracking_uri
+    """(local folder, registered name, version) of ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a folder."""
+    from stages.core.tracking import resolve_registered
 
     if not uri.startswith("models:/"):
         path = Path(uri)
         if not path.is_dir():
             raise StageError(f"--model: {uri} is neither models:/NAME@ALIAS nor a model folder")
         return path, path.name, "local"
-    spec = uri.removeprefix("models:/")
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
-    if "@" in spec:
-        name, alias = spec.split("@", 1)
-        try:
-            version = client.get_model_version_by_alias(name, alias)
-        except Exception as exc:  # noqa: BLE001 - MLflow raises its own types; the message says which
-            raise StageError(f"--model: {uri} is not registered ({exc.__class__.__name__}: {exc})") from exc
-    else:
-        name, number = spec.rsplit("/", 1)
-        version = client.get_model_version(name, number)
-    local = client.download_artifacts(version.run_id, _artifact_path(version.source, version.run_id))
-    return Path(local), name, str(version.version)
-
-
-def _artifact_path(source: str, run_id: str) -> str:
-    marker = f"{run_id}/artifacts/"
-    return source.split(marker, 1)[1] if marker in source else source.rsplit("/", 1)[-1]
+    try:
+        return resolve_registered(uri, tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own types; the message says which
+        raise StageError(f"--model: {uri} is not registered ({exc.__class__.__name__}: {exc})") from exc
 
 
 def free_port(host: str = "127.0.0.1") -> int:

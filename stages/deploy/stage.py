@@ -14,6 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
+from stages.core import names
 from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
@@ -106,7 +107,7 @@ class DeployStage(Stage[DeployConfig]):
                Figure("candidate.pass_rate", "higher"), Figure("candidate.perplexity", "lower"))
     dashboard = Dashboard(panels=("gate", "serving"))
     inputs = {"model": "quantize:chosen"}
-    registered_defaults = {"model": ("lm", "latest-quantized")}
+    registered_defaults = {"model": ("lm", names.LATEST_QUANTIZED)}
 
     def run(self, ctx: StageContext[DeployConfig]) -> StageResult:
         from stages.core.tracking import Tracker
@@ -119,7 +120,7 @@ class DeployStage(Stage[DeployConfig]):
         if model_input.run_id:
             candidate = promotion.version_of_run(client, name, model_input.run_id)
         else:  # standalone: the registered latest-quantized version (what the input defaulted to)
-            candidate = client.get_model_version_by_alias(name, "latest-quantized")
+            candidate = client.get_model_version_by_alias(name, names.LATEST_QUANTIZED)
         verdict, current = promotion.decide(client, name, candidate, cfg.gate)
         if verdict.promote:
             ctx.log.info("deploy: %s v%s is production (%s)", name, candidate.version, verdict.reason)
@@ -167,7 +168,7 @@ class DeployStage(Stage[DeployConfig]):
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         d = result.details
-        return {"lmforge.endpoint": d["endpoint"], "lmforge.promoted": str(d["promoted"]).lower(),
-                "lmforge.gate": d["reason"][:500], "lmforge.served_version": d["served_version"],
-                "lmforge.candidate_version": d["candidate_version"]}
+        return {names.TAG_ENDPOINT: d["endpoint"], names.TAG_PROMOTED: str(d["promoted"]).lower(),
+                names.TAG_GATE: d["reason"][:500], names.TAG_SERVED_VERSION: d["served_version"],
+                names.TAG_CANDIDATE_VERSION: d["candidate_version"]}
 

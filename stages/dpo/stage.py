@@ -10,6 +10,7 @@ the stages, building the config and checking ``--until`` stay fast).
 
 from __future__ import annotations
 
+from stages.core import names
 from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.dpo.config import DPOConfig
 
@@ -29,7 +30,7 @@ class DPOStage(Stage[DPOConfig]):
     inputs = {"model": "sft:model", "train": "align_data:pref_train", "heldout": "align_data:pref_heldout",
               "prompts": "align_data:sft_heldout"}
     optional_inputs = frozenset({"reward_model"})
-    registered_defaults = {"model": ("lm", "latest-sft")}
+    registered_defaults = {"model": ("lm", names.latest_of("sft"))}
 
     def run(self, ctx: StageContext[DPOConfig]) -> StageResult:
         from stages.dpo.trainer import DPOTrainer

@@ -13,6 +13,7 @@ the stages, building the config and checking ``--until`` stay fast).
 
 from __future__ import annotations
 
+from stages.core import names
 from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.ppo.config import PPOConfig
 
@@ -32,7 +33,7 @@ class PPOStage(Stage[PPOConfig]):
                           pass_rates=("ppo",))
     inputs = {"model": "sft:model", "reward_model": "reward:model", "prompts": "align_data:sft_train",
               "heldout": "align_data:sft_heldout"}
-    registered_defaults = {"model": ("lm", "latest-sft"), "reward_model": ("reward", "latest-reward")}
+    registered_defaults = {"model": ("lm", names.latest_of("sft")), "reward_model": ("reward", names.latest_of("reward"))}
 
     def run(self, ctx: StageContext[PPOConfig]) -> StageResult:
         from stages.ppo.trainer import PPOTrainer

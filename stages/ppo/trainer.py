@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stages.core import names
 from stages.alignment import launch
 from stages.alignment.data import read_rows
 from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gains, paired_difference, pass_rates, verdict,
@@ -273,4 +274,4 @@ class PPOTrainer:
                                     "heldout_eval": EVAL_FILE})
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
-        return launch.register_policy(tracker, run_id, output_dir, pipeline_name, "latest-ppo")
+        return launch.register_policy(tracker, run_id, output_dir, pipeline_name, names.latest_of("ppo"))

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from stages.core import names
 from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.core.errors import ConfigError, StageError
 from stages.core.paths import lmforge_home
@@ -24,7 +25,7 @@ LOSS_PLOT = "loss_curve.png"
 
 
 def registry_name(pipeline: str) -> str:
-    return f"lmforge-{pipeline}-lm"
+    return names.registered_model(pipeline, "lm")
 
 
 def latest_checkpoint(run_dir: Path, world: int) -> Path | None:
@@ -168,5 +169,5 @@ class PretrainStage(Stage[PretrainConfig]):
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         name = registry_name(pipeline_name)
-        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-pretrain")
-        return {"lmforge.registered_model": f"{name}/{version}"}
+        version = register_artifact(tracker, name, run_id, MODEL_DIR, names.latest_of("pretrain"))
+        return {names.TAG_REGISTERED_MODEL: f"{name}/{version}"}

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.core import names
 from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageResult
 from stages.core.docio import append_jsonl
 from stages.core.errors import StageError
@@ -24,7 +25,7 @@ from stages.quality.plots import write_plots
 
 
 def registry_name(pipeline: str) -> str:
-    return f"lmforge-{pipeline}-quality"
+    return names.registered_model(pipeline, "quality")
 
 
 def task_examples(shard: str, cfg: QualityConfig) -> list[tuple[str, str, str]]:
@@ -199,6 +200,6 @@ class QualityStage(Stage[QualityConfig]):
         if "classifier" not in result.outputs or result.details.get("classifier") != "trained in this run":
             return {}
         version = register_artifact(tracker, registry_name(pipeline_name), run_id, clf.MODEL_FILE, "latest")
-        return {"lmforge.registered_model": f"{registry_name(pipeline_name)}/{version}"}
+        return {names.TAG_REGISTERED_MODEL: f"{registry_name(pipeline_name)}/{version}"}
 
 

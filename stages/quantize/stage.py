@@ -9,6 +9,7 @@ the stages, building the config and checking ``--until`` stay fast).
 
 from __future__ import annotations
 
+from stages.core import names
 from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.quantize.config import QuantizeConfig
 
@@ -24,7 +25,7 @@ class QuantizeStage(Stage[QuantizeConfig]):
     model_kinds = ("lm",)
     dashboard = Dashboard(panels=("quantization",))
     inputs = {"model": "ppo|dpo:model", "tokens": "tokenize:tokens", "prompts": "align_data:sft_heldout"}
-    registered_defaults = {"model": ("lm", "latest-ppo")}
+    registered_defaults = {"model": ("lm", names.latest_of("ppo"))}
 
     def run(self, ctx: StageContext[QuantizeConfig]) -> StageResult:
         from stages.quantize.variants import QuantizeVariants

@@ -13,6 +13,8 @@ a tied LM head is untied first, each copy quantized on its own.
 
 from __future__ import annotations
 
+from stages.core import names
+
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 WEIGHTS = "quantized.safetensors"
-METADATA_KEY = "lmforge.quantized"
+METADATA_KEY = names.TAG_QUANTIZED
 VARIANTS = ("int8", "int4")
 
 

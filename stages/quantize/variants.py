@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from stages.core import names
 from stages.alignment.data import read_rows
 from stages.alignment.evaluate import checkable
 from stages.alignment.generate import load_policy
@@ -130,7 +131,7 @@ class QuantizeVariants:
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         chosen = result.details["chosen"]
-        name = f"lmforge-{pipeline_name}-lm"
-        version = register_artifact(tracker, name, run_id, chosen, "latest-quantized")
-        return {"lmforge.registered_model": f"{name}/{version}", "lmforge.quantized_variant": chosen,
-                "lmforge.choice": result.details["why"][:500]}
+        name = names.registered_model(pipeline_name, "lm")
+        version = register_artifact(tracker, name, run_id, chosen, names.LATEST_QUANTIZED)
+        return {names.TAG_REGISTERED_MODEL: f"{name}/{version}", names.TAG_QUANTIZED_VARIANT: chosen,
+                names.TAG_CHOICE: result.details["why"][:500]}

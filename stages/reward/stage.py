@@ -9,6 +9,7 @@ the stages, building the config and checking ``--until`` stay fast).
 
 from __future__ import annotations
 
+from stages.core import names
 from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.reward.config import RewardConfig
 
@@ -25,7 +26,7 @@ class RewardStage(Stage[RewardConfig]):
     dashboard = Dashboard(curves={"Reward model: pairwise accuracy": ("accuracy", "heldout_accuracy")})
     inputs = {"model": "sft:model", "train": "align_data:pref_train", "heldout": "align_data:pref_heldout",
               "prompts": "align_data:sft_heldout", "train_prompts": "align_data:sft_train"}
-    registered_defaults = {"model": ("lm", "latest-sft")}
+    registered_defaults = {"model": ("lm", names.latest_of("sft"))}
 
     @classmethod
     def check_pipeline(cls, config) -> None:

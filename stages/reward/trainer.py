@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from stages.core import names
 from stages.alignment import launch
 from stages.alignment.data import read_rows
 from stages.alignment.evaluate import checkable, verdict
@@ -25,7 +26,7 @@ TRAIN_PAIRS = "train_pairs.jsonl"
 
 
 def registry_name(pipeline: str) -> str:
-    return f"lmforge-{pipeline}-reward"
+    return names.registered_model(pipeline, "reward")
 
 
 def spearman(x, y) -> float:
@@ -136,5 +137,5 @@ class RewardTrainer:
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         name = registry_name(pipeline_name)
-        version = register_artifact(tracker, name, run_id, MODEL_DIR, "latest-reward")
-        return {"lmforge.registered_model": f"{name}/{version}"}
+        version = register_artifact(tracker, name, run_id, MODEL_DIR, names.latest_of("reward"))
+        return {names.TAG_REGISTERED_MODEL: f"{name}/{version}"}

@@ -8,6 +8,7 @@ the stages, building the config and checking ``--until`` stay fast).
 
 from __future__ import annotations
 
+from stages.core import names
 from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.sft.config import SFTConfig
 
@@ -23,7 +24,7 @@ class SFTStage(Stage[SFTConfig]):
     dashboard = Dashboard(curves={"SFT / DPO: loss on responses": ("loss", "heldout_loss")},
                           pass_rates=("base", "sft"))
     inputs = {"model": "pretrain:model", "train": "align_data:sft_train", "heldout": "align_data:sft_heldout"}
-    registered_defaults = {"model": ("lm", "latest-pretrain")}
+    registered_defaults = {"model": ("lm", names.latest_of("pretrain"))}
 
     def run(self, ctx: StageContext[SFTConfig]) -> StageResult:
         from stages.sft.trainer import SFTTrainer

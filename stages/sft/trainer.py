@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from stages.core import names
 from stages.alignment import launch
 from stages.alignment.data import read_rows
 from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gains, pass_rates, paired_difference, verdict,
@@ -69,4 +70,4 @@ class SFTTrainer:
             outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "samples": SAMPLES, "heldout_eval": EVAL_FILE})
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
-        return launch.register_policy(tracker, run_id, output_dir, pipeline_name, "latest-sft")
+        return launch.register_policy(tracker, run_id, output_dir, pipeline_name, names.latest_of("sft"))

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.core import names
 from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageInput, StageResult
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
@@ -33,7 +34,7 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def registry_name(pipeline: str) -> str:
-    return f"lmforge-{pipeline}-tokenizer"
+    return names.registered_model(pipeline, "tokenizer")
 
 
 def write_rows(prefix: Path, packed, real_tokens: int, split: str, seq_len: int, meta: dict[str, Any]) -> int:
@@ -282,7 +283,7 @@ class TokenizeStage(Stage[TokenizeConfig]):
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         name = registry_name(pipeline_name)
         version = register_artifact(tracker, name, run_id, TOKENIZER_DIR, "latest")
-        return {"lmforge.registered_tokenizer": f"{name}/{version}"}
+        return {names.TAG_REGISTERED_TOKENIZER: f"{name}/{version}"}
 
 
 def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
