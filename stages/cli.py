@@ -101,7 +101,7 @@ def run_standalone(name: str, inputs: list[str], output: Path, config_path: Opti
     else:
         parsed = parse_inputs(inputs)
         for input_name, (kind, alias) in stage.registered_defaults.items():
-            if input_name not in parsed:  # standalone defaults to the registered model (DESIGN.md)
+            if input_name not in parsed:  # standalone defaults to the registered model (docs/architecture.md)
                 from stages.core.tracking import find_registered
 
                 found = find_registered(names.registered_model(pipeline_name, kind), alias, tracking_uri)

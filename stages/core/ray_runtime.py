@@ -1,7 +1,7 @@
 """Ray, sized to the machine: local ``ray.init()`` by default, or an existing cluster.
 
 On 2 cores every task states its ``num_cpus`` and sets torch threads to match
-(DESIGN.md: a task that takes a whole CPU can starve the rest).
+(docs/architecture.md: a task that takes a whole CPU can starve the rest).
 """
 
 from __future__ import annotations

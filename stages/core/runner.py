@@ -1,7 +1,8 @@
 """Run one stage under the contract: cache key, atomic outputs, manifest, MLflow run.
 
 This is the single place the contract is implemented; the standalone CLI, the
-Prefect flow and (later) the Ray-job executor all call ``execute_stage``.
+Prefect flow (inline) and the Ray-job executor (through the standalone CLI) all call
+``execute_stage``.
 """
 
 from __future__ import annotations

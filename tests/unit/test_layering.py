@@ -1,4 +1,4 @@
-"""DESIGN.md's one-way arrow: stages never import Prefect or pipelines."""
+"""The one-way arrow of docs/architecture.md: stages never import Prefect or pipelines."""
 
 from __future__ import annotations
 
