@@ -20,7 +20,7 @@ from stages.core.atomic import atomic_output_dir
 from stages.core.codehash import code_hash
 from stages.core.contract import Stage, StageConfig, StageContext, StageInput, StageResult
 from stages.core.digests import sha256_json, tree_digests
-from stages.core.environment import hardware, library_versions, lock_hash
+from stages.core.environment import environment_hash, hardware, library_versions
 from stages.core.errors import Cancelled, ConfigError, LmforgeError, StageError
 from stages.core.manifest import MANIFEST, read_manifest, write_manifest
 from stages.core.names import TAG_CACHE_KEY, TAG_COMPLETE, TAG_PIPELINE, TAG_STAGE
@@ -63,7 +63,7 @@ def cache_key(stage: Stage, config: StageConfig, seed: int, inputs: dict[str, St
             "seed": seed,
             "inputs": {name: item.digest for name, item in sorted(inputs.items())},
             "code": code_hash(stage.module()),
-            "lock": lock_hash(),
+            "environment": environment_hash(),
         }
     )
 
@@ -100,7 +100,7 @@ def build_manifest(
         "metrics": result.metrics,
         "details": result.details,
         "code_hash": code_hash(stage.module()),
-        "lock_hash": lock_hash(),
+        "environment_hash": environment_hash(),
         "versions": library_versions(),
         "hardware": hardware(),
         "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),

@@ -48,7 +48,7 @@ def test_run_until_ingest_records_lineage_and_reuses_the_cached_stage(home, pref
     local = client.download_artifacts(child.info.run_id, "", dst_path=str(home / "dl"))
     manifest = json.loads((home / "dl" / "manifest.json").read_text())
     assert manifest["stage"] == "ingest" and manifest["counts"]["kept"] == child.data.metrics["count.kept"]
-    assert manifest["inputs"]["sources"]["digest"] and manifest["lock_hash"] and manifest["hardware"]["cpu_cores"]
+    assert manifest["inputs"]["sources"]["digest"] and manifest["environment_hash"] and manifest["hardware"]["cpu_cores"]
     shards = [k for k in manifest["outputs"] if k.startswith("kept/part-")]
     assert shards and all(manifest["outputs"][k] == sha256_file(home / "dl" / k) for k in shards)
     assert local

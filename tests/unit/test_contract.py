@@ -135,7 +135,7 @@ def test_execute_stage_writes_manifest_with_digests_counts_and_environment(tmp_p
     assert manifest["upstream_run_ids"] == ["r0"]
     assert manifest["seed"] == 7 and manifest["cache_key"] == run.manifest["cache_key"]
     assert manifest["config"] == {"suffix": "!"}
-    assert len(manifest["lock_hash"]) == 64
+    assert len(manifest["environment_hash"]) == 64
     assert manifest["versions"]["python"].startswith("3.11")
     assert manifest["hardware"]["cpu_cores"] >= 1
     json.dumps(manifest)
