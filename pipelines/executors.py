@@ -75,11 +75,12 @@ class RayJobExecutor:
     parent_run_id: str
     log: Callable[[str], None] = field(default=print)
 
-    def entrypoint(self, name: str, stage_runs: dict[str, str], output: Path, reuse: bool = True) -> str:
+    def entrypoint(self, name: str, stage_runs: dict[str, str], output: Path, submission_id: str,
+                   reuse: bool = True) -> str:
         stage = get_stage(name)
         python = self.config.engines.ray_job.python or sys.executable
         args = [python, "-m", "stages", name, "--config", "pipeline.yaml", "--output", str(output),
-                "--parent-run", self.parent_run_id]
+                "--parent-run", self.parent_run_id, "--submission-id", submission_id]
         for choices in sorted({spec.partition(":")[0] for spec in stage.inputs.values()}):
             up = next((u for u in choices.split("|") if u in stage_runs), None)  # "ppo|dpo": the path that ran
             if up is None:
@@ -103,9 +104,10 @@ class RayJobExecutor:
         use_cluster_token()
         client = JobSubmissionClient(engine.address)
         started = time.time()
+        submission_id = f"lmforge-{name}-{uuid.uuid4().hex[:10]}"
         submit = dict(
-            entrypoint=self.entrypoint(name, stage_runs, output, reuse),
-            submission_id=f"lmforge-{name}-{uuid.uuid4().hex[:10]}",
+            entrypoint=self.entrypoint(name, stage_runs, output, submission_id, reuse),
+            submission_id=submission_id,
             runtime_env=job_runtime_env(job_dir, env),
             metadata={names.TAG_STAGE: name, names.TAG_PIPELINE: self.parent_run_id},
         )
@@ -139,12 +141,20 @@ class RayJobExecutor:
         if status != JobStatus.SUCCEEDED:
             tail = "\n".join(logs.strip().splitlines()[-15:])
             raise StageError(f"{name}: Ray job {job_id} {status.value}:\n{tail}")
-        summary = _last_json(logs)
-        if summary is None or not summary.get("run_id"):
-            raise StageError(f"{name}: Ray job {job_id} succeeded but printed no summary line with a run id")
-        root = self.tracker.artifacts_path(summary["run_id"])
-        return StageRun(name, root, read_manifest(root), run_id=summary["run_id"],
-                        cache_hit=bool(summary.get("cache_hit")), duration_s=time.time() - started)
+        result = self.job_result(name, job_id)
+        root = self.tracker.artifacts_path(result["run_id"])
+        return StageRun(name, root, read_manifest(root), run_id=result["run_id"],
+                        cache_hit=bool(result["cache_hit"]), duration_s=time.time() - started)
+
+    def job_result(self, name: str, job_id: str) -> dict:
+        """The stage run the job produced or reused, as the job recorded it in MLflow (on the pipeline run,
+        keyed by the job's submission id), not as its log says."""
+        recorded = self.tracker.get_run(self.parent_run_id).data.tags.get(names.job_result_tag(name))
+        result = json.loads(recorded) if recorded else {}
+        if result.get("submission_id") != job_id or not result.get("run_id"):
+            raise StageError(f"{name}: Ray job {job_id} succeeded but recorded no stage run in MLflow "
+                             f"({names.job_result_tag(name)} on pipeline run {self.parent_run_id}: {recorded!r})")
+        return result
 
 
 def job_runtime_env(job_dir: Path, env: dict[str, str]) -> dict:
@@ -167,14 +177,3 @@ def use_cluster_token() -> None:
     except ImportError:  # a Ray without token auth
         return
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
-def _last_json(logs: str) -> dict | None:
-    for line in reversed(logs.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                return None
-    return None

@@ -78,9 +78,9 @@ def parse_upstream(items: list[str]) -> dict[str, str]:
 
 
 def run_standalone(name: str, inputs: list[str], output: Path, config_path: Optional[Path],
-                   overrides: list[str], ray_address: Optional[str], parent_run: Optional[str] = None,
+                   overrides: list[str], ray_address: Optional[str], *, parent_run: Optional[str] = None,
                    upstream: Optional[list[str]] = None, tracking_uri: Optional[str] = None,
-                   reuse: bool = True) -> dict[str, Any]:
+                   reuse: bool = True, submission_id: Optional[str] = None) -> dict[str, Any]:
     from stages.core.runner import Tracking, execute_stage
     from stages.registry import get_stage
 
@@ -97,7 +97,8 @@ def run_standalone(name: str, inputs: list[str], output: Path, config_path: Opti
         tracker = Tracker(pipeline_name, tracking_uri)
         runs = parse_upstream(upstream or [])
         resolved = {n: upstream_input(tracker, n, spec, runs) for n, spec in stage.inputs.items()}
-        tracking = Tracking(tracker, parent_run_id=parent_run, reuse=reuse)
+        extra = {names.TAG_RAY_SUBMISSION: submission_id} if submission_id else {}
+        tracking = Tracking(tracker, parent_run_id=parent_run, reuse=reuse, extra_tags=extra)
     else:
         parsed = parse_inputs(inputs)
         for input_name, (kind, alias) in stage.registered_defaults.items():
@@ -112,6 +113,10 @@ def run_standalone(name: str, inputs: list[str], output: Path, config_path: Opti
         config, resolved = stage.standalone_inputs(config, parsed)
     result = execute_stage(stage, config, resolved, output, seed=seed, ray_address=ray_address,
                            pipeline_name=pipeline_name, tracking=tracking)
+    if tracking is not None and submission_id:
+        # what the ray-job executor reads back: which run this job produced or reused, keyed by the job
+        tracking.tracker.set_tags(parent_run, {names.job_result_tag(name): json.dumps(
+            {"submission_id": submission_id, "run_id": result.run_id, "cache_hit": result.cache_hit})})
     outputs = {key: str(result.output_dir / rel) for key, rel in result.manifest.get("named_outputs", {}).items()}
     return {
         "stage": name,
@@ -137,6 +142,7 @@ def stage_command(
     upstream: Annotated[list[str], typer.Option("--upstream", help="STAGE=MLFLOW_RUN_ID of an upstream stage run (with --parent-run). Repeatable.")] = [],  # noqa: B006
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow store for --parent-run (default: SQLite under LMFORGE_HOME).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="With --parent-run: run even if a run with the same cache key exists (a rerun asked for).")] = False,
+    submission_id: Annotated[Optional[str], typer.Option("--submission-id", help="With --parent-run: the Ray job's submission id, recorded on the stage run and the pipeline run for the ray-job executor.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run one stage on plain files, with no Prefect and no server.
@@ -147,8 +153,9 @@ def stage_command(
     """
     setup_logging(verbose)
     try:
-        summary = run_standalone(name, input, output, config, set_, ray_address, parent_run, upstream, tracking_uri,
-                                 reuse=not no_cache)
+        summary = run_standalone(name, input, output, config, set_, ray_address, parent_run=parent_run,
+                                 upstream=upstream, tracking_uri=tracking_uri, reuse=not no_cache,
+                                 submission_id=submission_id)
     except LmforgeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None

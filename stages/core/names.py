@@ -39,6 +39,13 @@ TAG_PIPELINE = "lmforge.pipeline_run_id"
 TAG_ERROR = "lmforge.error"
 TAG_GC = "lmforge.gc"  # on a run whose artifacts gc removed
 TAG_RAY_SUBMISSION = "lmforge.ray_submission_id"  # the Ray job that ran the stage (ray-job executor)
+
+
+def job_result_tag(stage: str) -> str:
+    """On a pipeline run: the Ray job that ran ``stage`` and the stage run it produced or reused (JSON)."""
+    return f"lmforge.job.{stage}"
+
+
 # on a pipeline run
 TAG_PREFECT_FLOW_RUN = "lmforge.prefect_flow_run_id"
 TAG_PREFECT_API = "lmforge.prefect_api_url"

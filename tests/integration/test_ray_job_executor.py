@@ -86,6 +86,13 @@ def test_ray_job_executor_runs_each_stage_as_a_job(home, prefect_server, ray_hea
     mlflow = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     dedup = mlflow.get_run(summary["stages"]["dedup"])
     assert dedup.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
+    # the executor read each stage's result from MLflow: the stage run carries its job's submission id, and
+    # the pipeline run records which run each job produced
+    submitted = {j.metadata["lmforge.stage"]: j.submission_id for j in jobs}
+    assert dedup.data.tags["lmforge.ray_submission_id"] == submitted["dedup"]
+    parent = mlflow.get_run(summary["pipeline_run_id"]).data.tags
+    assert json.loads(parent["lmforge.job.ingest"]) == {"submission_id": submitted["ingest"],
+                                                        "run_id": summary["stages"]["ingest"], "cache_hit": False}
     mlflow.download_artifacts(dedup.info.run_id, "manifest.json", dst_path=str(tmp_path))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["inputs"]["docs"]["run_id"] == summary["stages"]["ingest"]
@@ -97,3 +104,5 @@ def test_ray_job_executor_runs_each_stage_as_a_job(home, prefect_server, ray_hea
                                "--set", f"engines.ray_job.address={ray_head['jobs']}"]).stdout)
     assert again["cache_hits"] == ["ingest", "dedup"]
     assert again["stages"] == summary["stages"]
+    recorded = json.loads(mlflow.get_run(again["pipeline_run_id"]).data.tags["lmforge.job.dedup"])
+    assert recorded["cache_hit"] is True and recorded["run_id"] == summary["stages"]["dedup"]
