@@ -9,9 +9,11 @@ setup:
 demo: setup
 	.venv/bin/lmforge run --config pipelines/configs/demo.yaml
 
-## the whole test suite (what CI runs)
+## the whole test suite (what CI runs): the linter, the browser and database the tests need, then pytest
 test: setup
-	.venv/bin/python -m pytest -ra --durations=30
+	.venv/bin/ruff check .
+	bash infra/test_deps.sh
+	.venv/bin/python -m pytest -ra --durations=25
 
 ## refresh requirements.lock from pyproject.toml in a scratch venv (maintainers only)
 lock:

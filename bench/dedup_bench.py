@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.dedup_cases import EDIT_TYPES, NEGATIVE_KINDS, Benchmark, build  # noqa: E402
-from stages.dedup.cluster import clusters  # noqa: E402
-from stages.dedup.config import DedupConfig  # noqa: E402
-from stages.dedup.core import dedup_documents  # noqa: E402
+from bench.dedup_cases import EDIT_TYPES, NEGATIVE_KINDS, Benchmark, build
+from stages.dedup.cluster import clusters
+from stages.dedup.config import DedupConfig
+from stages.dedup.core import dedup_documents
 
 
 def evaluate(bench: Benchmark, cluster_of: np.ndarray) -> dict:

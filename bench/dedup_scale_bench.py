@@ -23,8 +23,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.platform_bench import tree_rss  # noqa: E402
-from stages.core.docio import read_documents  # noqa: E402
+from bench.platform_bench import tree_rss
+from stages.core.docio import read_documents
 
 REWRITES = [
     lambda line: line,

@@ -31,7 +31,7 @@ def main() -> None:
     try:
         from llama_cpp import Llama
     except ImportError:
-        raise SystemExit("llama-cpp-python is not installed: .venv/bin/pip install llama-cpp-python==0.3.36")
+        raise SystemExit("llama-cpp-python is not installed: .venv/bin/pip install llama-cpp-python==0.3.36") from None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

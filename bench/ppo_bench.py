@@ -72,7 +72,8 @@ split = {"generation": 0.0, "scoring": 0.0, "training": 0.0}
 for step in range(steps):
     t0 = time.time()
     batch_rows = [rows[i] for i in rng.choice(len(rows), cfg.rollout.batch_size, replace=False)]
-    gens = policy.generate([r["prompt_text"] for r in batch_rows], cfg.rollout.max_new_tokens, cfg.rollout.batch_size, True, 1.0, step)
+    gens = policy.generate([r["prompt_text"] for r in batch_rows], cfg.rollout.max_new_tokens,
+                           cfg.rollout.batch_size, True, 1.0, step)
     b = rollout_batch(gens, policy.tokenizer.pad_token_id)
     t1 = time.time()
     old, rl, sc, v = policy.logprobs(b), ref.logprobs(b), reward.score(b), critic.values(b)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.core.configuration import apply_overrides, validate  # noqa: E402
-from stages.core.ray_runtime import stop_ray  # noqa: E402
-from stages.core.runner import execute_stage, input_from_path  # noqa: E402
-from stages.pretrain.config import PretrainConfig  # noqa: E402
-from stages.pretrain.stage import PretrainStage  # noqa: E402
+from stages.core.configuration import apply_overrides, validate
+from stages.core.ray_runtime import stop_ray
+from stages.core.runner import execute_stage, input_from_path
+from stages.pretrain.config import PretrainConfig
+from stages.pretrain.stage import PretrainStage
 
 
 def bare_loop(cfg: PretrainConfig, tokens: Path, steps: int, seed: int) -> float:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.core.runner import execute_stage, input_from_path  # noqa: E402
-from stages.pretrain.config import PretrainConfig  # noqa: E402
-from stages.pretrain.stage import PretrainStage  # noqa: E402
+from stages.core.runner import execute_stage, input_from_path
+from stages.pretrain.config import PretrainConfig
+from stages.pretrain.stage import PretrainStage
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.core.docio import read_documents  # noqa: E402
-from stages.quality import classifier as clf  # noqa: E402
-from stages.quality.langid import detect  # noqa: E402
+from stages.core.docio import read_documents
+from stages.quality import classifier as clf
+from stages.quality.langid import detect
 
 
 def main() -> None:

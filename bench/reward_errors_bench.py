@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.reward_classifier_bench import answer_logprobs  # noqa: E402
+from bench.reward_classifier_bench import answer_logprobs
 
 BETAS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
 

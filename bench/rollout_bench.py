@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from stages.alignment.data import read_rows  # noqa: E402
-from stages.alignment.generate import load_policy, stop_ids  # noqa: E402
+from stages.alignment.data import read_rows
+from stages.alignment.generate import load_policy, stop_ids
 
 
 @torch.no_grad()

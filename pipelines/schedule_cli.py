@@ -57,7 +57,7 @@ def schedule(
     cron: Annotated[Optional[str], typer.Option("--cron", help='Cron schedule, e.g. "0 3 * * *" (03:00 daily); none = run on demand only.')] = None,
     name: Annotated[str, typer.Option("--name", help="Deployment name (lmforge-pipeline/NAME).")] = "nightly",
     until: Annotated[Optional[str], typer.Option("--until", help="Last stage each run goes to.")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a field: section.field=value. Repeatable.")] = [],  # noqa: B006
+    set_: Annotated[list[str], typer.Option("--set", help="Override a field: section.field=value. Repeatable.")] = [],
     pool: Annotated[str, typer.Option("--pool", help="Process work pool the deployment goes to (created if missing).")] = DEFAULT_POOL,
     serve: Annotated[bool, typer.Option("--serve", help="Serve the deployment from this process until Ctrl-C (flow.serve) instead of a work pool.")] = False,
     timezone: Annotated[str, typer.Option("--timezone", help="Time zone of the cron schedule.")] = "UTC",

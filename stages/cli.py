@@ -133,13 +133,13 @@ def run_standalone(name: str, inputs: list[str], output: Path, config_path: Opti
 
 def stage_command(
     name: Annotated[str, typer.Argument(help="Stage to run: ingest, dedup, quality, ... (see `lmforge config show`).")],
-    input: Annotated[list[str], typer.Option("--input", "-i", help="[NAME=]PATH of an input; a bare path is the 'docs' input. Repeatable.")] = [],  # noqa: B006
+    input: Annotated[list[str], typer.Option("--input", "-i", help="[NAME=]PATH of an input; a bare path is the 'docs' input. Repeatable.")] = [],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the outputs and manifest.json (replaced atomically).")] = ...,  # type: ignore[assignment]
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Pipeline YAML to take this stage's section from.")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a field: STAGE.field=value (YAML scalar). Repeatable.")] = [],  # noqa: B006
+    set_: Annotated[list[str], typer.Option("--set", help="Override a field: STAGE.field=value (YAML scalar). Repeatable.")] = [],
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to use instead of a local one.")] = None,
     parent_run: Annotated[Optional[str], typer.Option("--parent-run", help="Run as a stage of this MLflow pipeline run (tracked, cached, inputs from --upstream runs); what the ray-job executor submits.")] = None,
-    upstream: Annotated[list[str], typer.Option("--upstream", help="STAGE=MLFLOW_RUN_ID of an upstream stage run (with --parent-run). Repeatable.")] = [],  # noqa: B006
+    upstream: Annotated[list[str], typer.Option("--upstream", help="STAGE=MLFLOW_RUN_ID of an upstream stage run (with --parent-run). Repeatable.")] = [],
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow store for --parent-run (default: SQLite under LMFORGE_HOME).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="With --parent-run: run even if a run with the same cache key exists (a rerun asked for).")] = False,
     submission_id: Annotated[Optional[str], typer.Option("--submission-id", help="With --parent-run: the Ray job's submission id, recorded on the stage run and the pipeline run for the ray-job executor.")] = None,

@@ -127,28 +127,21 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 TEST_ARTIFACTS = REPO / "test-artifacts"
 
 
-def apt_install(package: str) -> bool:
-    """Install a Debian package when the tests run as root (CI); False when they can't (then the caller skips)."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return False
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
-    if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode == 0:
-        return True
-    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-    return subprocess.run(install, env=env, capture_output=True, timeout=900).returncode == 0
+def need_debian_package(package: str, found: bool) -> None:
+    """A test that needs a Debian package says so up front. `make test` installs it before pytest when root
+    (CI), so there it is a failure; elsewhere the test skips and says how to get it."""
+    if found:
+        return
+    if os.geteuid() == 0:
+        pytest.fail(f"Debian's {package} is missing: `make test` installs it (infra/test_deps.sh) before the tests")
+    pytest.skip(f"needs Debian's {package}, which only root can install: `apt-get install {package}`")
 
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's chromium: installed by the test run when root (CI), else it must be there already."""
-    path = shutil.which("chromium")
-    if path is None and apt_install("chromium"):
-        path = shutil.which("chromium")
-    if path is None:
-        pytest.skip("needs Debian's chromium for the headless browser check: `apt-get install chromium` "
-                    "(the test installs it itself when it runs as root)")
-    return path
+    """Debian's chromium, for the headless browser checks."""
+    need_debian_package("chromium", shutil.which("chromium") is not None)
+    return shutil.which("chromium")
 
 
 def browse(chromium: str, url: str, profile: Path, screenshot: str | None = None,

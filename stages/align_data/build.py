@@ -70,7 +70,8 @@ def family_examples(name: str, pools: Pools, split: str, want: int, cfg: AlignDa
     """Up to ``want`` examples of one family from the sentences of one split."""
     family = FAMILIES[name]
     rng = random.Random(f"{seed}:{name}:{split}")
-    mine = lambda items: [s for s in items if split_of(seed, s.source_id, cfg.heldout_fraction) == split]  # noqa: E731
+    def mine(items):
+        return [s for s in items if split_of(seed, s.source_id, cfg.heldout_fraction) == split]
     out: list[Example] = []
     if name == "language":  # round-robin over languages, so the majority answer is rare
         queues = {lang: _shuffled(mine(pool), seed, f"{name}:{lang}:{split}")

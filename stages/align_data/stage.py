@@ -158,7 +158,8 @@ class AlignDataStage(Stage[AlignDataConfig]):
         corpus = train_tokens(ctx.inputs["tokens"].path)
         hits = Decontaminator(corpus, cfg.decontam_tokens).contaminated(render.variants([text_of[i] for i in ids]))
         dirty = {i for i, hit in zip(ids, hits) if hit}
-        clean = lambda e: not any(part in dirty for part in e.source_id.split("+"))  # noqa: E731
+        def clean(e) -> bool:
+            return not any(part in dirty for part in e.source_id.split("+"))
         kept_examples = [e for e in examples if clean(e)]
         kept_pairs = [(e, r) for e, r in pairs if clean(e)]
         by_family = Counter(e.family for e in examples if not clean(e))

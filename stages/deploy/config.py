@@ -30,8 +30,10 @@ class ServerConfig(StrictModel):
     max_tokens: int = Field(256, ge=1, description="Largest max_tokens a request may ask for.")
     max_n: int = Field(4, ge=1)
     max_request_bytes: int = Field(64_000, ge=1024)
-    max_batch_size: int = Field(16, ge=1, description="Most requests in the running batch (continuous batching: they join and leave between decoding steps).")
-    batch_wait_s: float = Field(0.02, ge=0, description="How long an idle server waits for a burst of requests to start together.")
+    max_batch_size: int = Field(16, ge=1, description="Most requests in the running batch (continuous batching: "
+                                                      "they join and leave between decoding steps).")
+    batch_wait_s: float = Field(0.02, ge=0, description="How long an idle server waits for a burst of requests to "
+                                                        "start together.")
     threads: Optional[int] = Field(None, ge=1, description="torch threads of the replica; null = torch's default.")
 
 

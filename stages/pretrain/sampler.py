@@ -22,7 +22,7 @@ class StepSampler:
         self.global_batch = global_batch
         self.seed = seed
 
-    @lru_cache(maxsize=2)
+    @lru_cache(maxsize=2)  # noqa: B019 - one sampler per training run: the cache goes with it
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n)
 

@@ -159,7 +159,8 @@ class PretrainStage(Stage[PretrainConfig]):
         saved = [h for h in history if h.get("event") == "saved"]
         if saved:
             metrics["save_max_abs_logit_diff"] = saved[-1]["max_abs_logit_diff"]
-        details = {"steps": cfg.max_steps, "node_ids": started[-1]["node_ids"] if started else [], "world_size": marker["world_size"], "zero_stage": marker["zero_stage"],
+        details = {"steps": cfg.max_steps, "node_ids": started[-1]["node_ids"] if started else [],
+                   "world_size": marker["world_size"], "zero_stage": marker["zero_stage"],
                    "resumed_from": str(resume) if resume else None,
                    "resumed_at_steps": [h["step"] for h in history if h.get("event") == "resumed"],
                    "train_sequences": len(train), "val_sequences": len(val), "seq_len": train.seq_len,

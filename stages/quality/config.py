@@ -57,6 +57,8 @@ class QualityConfig(StageConfig):
     pii: bool = Field(True, description="Replace e-mail and public IP addresses with placeholders.")
     languages: list[str] = Field(default_factory=list, description="Keep-list of ISO codes; [] keeps all (tags all).")
     min_lang_score: float = Field(0.0, ge=0, le=1, description="Remove documents whose language score is lower.")
+    langid_model: Optional[str] = Field(None, description="fastText lid.176.ftz to detect languages with; null = the "
+                                                          "one infra/fetch_data.sh unpacked into the data dir.")
     filters: list[str] = Field(
         default_factory=lambda: [name for name in FILTERS if name != "curly_brace"],
         description="Heuristic filters to apply, in order (curly_brace is off: the corpus is technical docs).")

@@ -80,7 +80,7 @@ def process(docs: list[dict[str, Any]], cfg: QualityConfig, model=None) -> tuple
             source = str(doc.get("source") or "unknown")
             stats.pii[f"{source}.emails"] += emails
             stats.pii[f"{source}.ips"] += ips
-    langs = detect([d["text"] for d in docs])
+    langs = detect([d["text"] for d in docs], cfg.langid_model)
     scores = clf.scores(model, [clf.as_line(d["text"], cfg.classifier.max_chars) for d in docs]) if model else None
     kept, removed = [], []
     for i, doc in enumerate(docs):

@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 
 from stages.core import names
-from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageResult
+from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageInput, StageResult
+from stages.core.digests import sha256_file
 from stages.core.docio import append_jsonl
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray, run_tasks
 from stages.core.shards import assemble_outputs, drop_repeated_ids, iter_shard, read_shard, shard_input
 from stages.core.tracking import find_registered, register_artifact
 from stages.quality import classifier as clf
+from stages.quality import langid
 from stages.quality.config import QualityConfig
 from stages.quality.core import SCORE_BINS, ShardStats, funnel_steps, process
 from stages.quality.plots import write_plots
@@ -73,8 +75,14 @@ class QualityStage(Stage[QualityConfig]):
     optional_inputs = frozenset({"classifier"})
     document_stage = True
 
+    def config_inputs(self, config: QualityConfig, seed: int) -> dict[str, StageInput]:
+        """The language-ID model is an input: its digest is in the cache key and the manifest."""
+        path = langid.model_path(config.langid_model)
+        return {"langid_model": StageInput("langid_model", path, sha256_file(path))}
+
     def run(self, ctx: StageContext[QualityConfig]) -> StageResult:
-        cfg = ctx.config
+        # the tasks load the file the driver resolved (a worker's data dir need not be this one's)
+        cfg = ctx.config.model_copy(update={"langid_model": str(ctx.inputs["langid_model"].path)})
         out = ctx.output_dir
         work = out / "_work"
         sharded = shard_input(ctx.inputs["docs"].path, work, cfg.shard_docs, cfg.max_doc_chars, out / "quarantined.jsonl")

@@ -99,7 +99,8 @@ class RewardTrainer:
         return StageResult(counts={"heldout_pairs": len(pairs), "sampled_answers": len(rows),
                                    "train_pairs": len(train_pairs), "on_policy_pairs": len(on_policy),
                                    "steps": max((h["step"] for h in history), default=0)},
-                           metrics=metrics, details={"pairwise_accuracy_by_family": {f: float(np.mean(v)) for f, v in by_family.items()}},
+                           metrics=metrics,
+                           details={"pairwise_accuracy_by_family": {f: float(np.mean(v)) for f, v in by_family.items()}},
                            outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "sampled_scores": SAMPLED,
                                     "train_pairs": TRAIN_PAIRS})
 

@@ -29,6 +29,7 @@ class TokenizeConfig(StageConfig):
                     "documents, 0 drops it; unlisted sources weigh 1.")
     num_actors: Optional[int] = Field(None, ge=1, description="Tokenizer actors; default one per CPU.")
     actor_cpus: float = Field(1.0, gt=0, description="CPUs each tokenizer actor reserves.")
-    shard_docs: int = Field(500, ge=1, description="Documents per work shard (one actor call each); small shards balance the actors.")
+    shard_docs: int = Field(500, ge=1, description="Documents per work shard (one actor call each); small shards "
+                                                   "balance the actors.")
     batch_docs: int = Field(256, ge=1, description="Documents per encode_batch call.")
     max_doc_chars: int = Field(10_000_000, ge=1, description="Longer documents are quarantined (too_large).")

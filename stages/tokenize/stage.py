@@ -60,7 +60,7 @@ class TokenizerActor:
         threads = str(max(1, math.floor(cfg.actor_cpus)))
         os.environ["RAYON_NUM_THREADS"] = threads  # before tokenizers starts its thread pool
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
-        import tokenizers  # noqa: F401  (import cost paid while the driver trains BPE)
+        import tokenizers  # noqa: F401 - the import cost is paid while the driver trains BPE
 
         self.cfg, self.seed = cfg, seed
         self.loaded: str | None = None

@@ -17,7 +17,7 @@ from tests.conftest import TINY, last_json, run_cli
 pytestmark = pytest.mark.integration
 
 
-def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, tmp_path, request):
+def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, chromium, tmp_path, request):
     """The whole tiny pipeline through PPO, then the DPO path reusing everything up to sft."""
     from stages.core.digests import sha256_json
 
@@ -120,7 +120,7 @@ def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, request, pref
     assert default["runs"][0] != partial["pipeline_run_id"] and partial["pipeline_run_id"] in default["runs"]
     written = last_json(run_cli(["dashboard", "--run", ppo_run["pipeline_run_id"], "--out", str(page)]).stdout)
     assert written["runs"][0] == ppo_run["pipeline_run_id"] and dpo_run["pipeline_run_id"] in written["runs"]
-    chromium = request.getfixturevalue("chromium")  # skips here (after the pipeline checks) without a browser
+    chromium = request.getfixturevalue("chromium")
     url = f"{page.as_uri()}?run={ppo_run['pipeline_run_id']}&compare={dpo_run['pipeline_run_id']}"
     dom, errors = browse(chromium, url, tmp_path / "profile", screenshot="dashboard.png")
     assert not errors, errors

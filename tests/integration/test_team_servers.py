@@ -14,17 +14,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DATA_DIR, REPO, TINY, apt_install, free_port, last_json, run_cli
+from tests.conftest import DATA_DIR, REPO, TINY, free_port, last_json, need_debian_package, run_cli
 
 pytestmark = pytest.mark.integration
 
 
 def _postgres_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found and apt_install("postgresql"):
-        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        pytest.skip("needs Debian's postgresql (`apt-get install postgresql`); the test installs it itself as root")
+    need_debian_package("postgresql", bool(found))
     return found[-1].parent
 
 
