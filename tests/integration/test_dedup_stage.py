@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 
-import numpy as np
 import psutil
 import pytest
 
@@ -138,7 +137,9 @@ def test_killed_signature_worker_is_retried_and_output_is_unchanged(home, tmp_pa
         assert any(t["state"] == "FAILED" for t in attempts)
     finally:
         ray.shutdown()
+
     def strip(m):
         return {k: v for k, v in m["outputs"].items() if not k.endswith(".png")}
+
     assert strip(disturbed.manifest) == strip(calm.manifest)
-    assert disturbed.counts == calm.counts and np.all(np.array(list(calm.counts.values())) >= 0)
+    assert disturbed.counts == calm.counts and calm.counts["in"] == len(docs) and calm.counts["kept"] > 0

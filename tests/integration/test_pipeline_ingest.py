@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -51,7 +52,8 @@ def test_run_until_ingest_records_lineage_and_reuses_the_cached_stage(home, pref
     assert manifest["inputs"]["sources"]["digest"] and manifest["environment_hash"] and manifest["hardware"]["cpu_cores"]
     shards = [k for k in manifest["outputs"] if k.startswith("kept/part-")]
     assert shards and all(manifest["outputs"][k] == sha256_file(home / "dl" / k) for k in shards)
-    assert local
+    downloaded = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
+    assert downloaded - {"manifest.json"} == set(manifest["outputs"])  # the manifest digests every artifact
 
     # Prefect: the flow run COMPLETED, one task run named after the stage, the summary artifact
     flow_run = _prefect(prefect_server, "GET", f"/flow_runs/{first['prefect_flow_run_id']}")

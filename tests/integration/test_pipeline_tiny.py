@@ -12,37 +12,59 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stages.core.digests import sha256_file
-from tests.conftest import TINY, last_json, run_cli
+from tests.conftest import DATA_DIR, TINY, last_json, run_cli
 
 pytestmark = pytest.mark.integration
 
 
-def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, chromium, tmp_path, request):
-    """The whole tiny pipeline through PPO, then the DPO path reusing everything up to sft."""
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, prefect_server):
+    """The tiny DAG through PPO, then the DPO path with a gate loose enough that its model is promoted: run once
+    for the focused tests below, in a home of their own."""
+    home = tmp_path_factory.mktemp("tiny") / "lmforge-home"
+    home.mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LMFORGE_HOME", str(home))
+        env.setenv("LMFORGE_DATA_DIR", str(DATA_DIR))
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.delenv("PREFECT_API_URL", raising=False)
+        args = ["run", "--config", str(TINY), "--until", "deploy", "--set",
+                f"engines.prefect.port={prefect_server['port']}"]
+        ppo = last_json(run_cli(args).stdout)
+        dpo_args = args + ["--set", "pipeline.alignment=dpo", "--set", "deploy.gate.max_pass_rate_drop=1",
+                           "--set", "deploy.gate.max_perplexity_increase=1000"]
+        dpo = last_json(run_cli(dpo_args).stdout)
+        yield {"home": home, "args": args, "dpo_args": dpo_args, "ppo": ppo, "dpo": dpo,
+               "client": MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}"), "prefect": prefect_server}
+
+
+def test_the_dag_runs_in_order_and_pretrain_reads_exactly_what_tokenize_wrote(tiny, tmp_path):
     from stages.core.digests import sha256_json
 
-    args = ["run", "--config", str(TINY), "--until", "deploy", "--set",
-            f"engines.prefect.port={prefect_server['port']}"]
-    summary = last_json(run_cli(args).stdout)
+    summary, client = tiny["ppo"], tiny["client"]
     assert list(summary["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft",
                                        "reward", "ppo", "quantize", "deploy"]
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     tok_run, pre_run = summary["stages"]["tokenize"], summary["stages"]["pretrain"]
     tok_dir = Path(client.download_artifacts(tok_run, "", dst_path=str(tmp_path / "tok")))
     client.download_artifacts(pre_run, "manifest.json", dst_path=str(tmp_path / "pre"))
     tok_manifest = json.loads((tok_dir / "manifest.json").read_text())
     pre_manifest = json.loads((tmp_path / "pre" / "manifest.json").read_text())
-
-    # the tokens pretrain read are exactly the files tokenize wrote (digests recomputed here)
     token_files = {k: v for k, v in tok_manifest["outputs"].items() if k.startswith("tokens/")}
     assert any(k.endswith(".bin") for k in token_files)
-    for rel, digest in token_files.items():
+    for rel, digest in token_files.items():  # digests recomputed here
         assert sha256_file(tok_dir / rel) == digest
     assert pre_manifest["inputs"]["tokens"]["digest"] == sha256_json(sorted(token_files.items()))
     assert pre_manifest["inputs"]["tokens"]["run_id"] == tok_run
     assert pre_manifest["upstream_run_ids"] == [tok_run]
     assert tok_manifest["upstream_run_ids"] == [summary["stages"]["quality"]]
+    tok = client.get_run(tok_run)
+    assert tok.data.metrics["packing_efficiency"] > 0.99 and tok.data.metrics["val_unigram_entropy"] > 3
+    assert [v.run_id for v in client.search_model_versions("name = 'lmforge-tiny-tokenizer'")] == [tok_run]
 
+
+def test_pretrain_logs_its_curves_and_registers_the_model(tiny):
+    summary, client = tiny["ppo"], tiny["client"]
+    pre_run = summary["stages"]["pretrain"]
     pre = client.get_run(pre_run)
     assert pre.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
     history = client.get_metric_history(pre_run, "loss")
@@ -50,17 +72,28 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, chro
     assert {"val_loss", "perplexity", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(pre.data.metrics)
     assert pre.data.metrics["final_val_loss"] < pre.data.metrics["first_val_loss"]
     assert {"loss_curve.png", "train_log.jsonl", "model"} <= {a.path for a in client.list_artifacts(pre_run)}
-    lm = client.get_model_version_by_alias("lmforge-tiny-lm", "latest-pretrain")
-    assert lm.run_id == pre_run
-    tokenizer = client.search_model_versions("name = 'lmforge-tiny-tokenizer'")
-    assert [v.run_id for v in tokenizer] == [tok_run]
-    tok = client.get_run(tok_run)
-    assert tok.data.metrics["packing_efficiency"] > 0.99 and tok.data.metrics["val_unigram_entropy"] > 3
-    _check_alignment(client, summary, tmp_path)
+    assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-pretrain").run_id == pre_run
 
-    # the DPO path: every stage up to sft is a cache hit; dpo runs from the same SFT run
-    dpo_args = args + ["--set", "pipeline.alignment=dpo"]
-    dpo = last_json(run_cli(dpo_args).stdout)
+
+def test_alignment_trains_evaluates_and_registers_each_model(tiny, tmp_path):
+    _check_alignment(tiny["client"], tiny["ppo"], tmp_path)
+
+
+def test_quantize_measures_every_variant_and_the_chosen_one_loads(tiny, tmp_path):
+    _check_quantize(tiny["client"], tiny["ppo"]["stages"], tmp_path)
+
+
+def test_the_first_deployment_is_promoted_and_smoke_tested(tiny):
+    client, runs = tiny["client"], tiny["ppo"]["stages"]
+    deploy = client.get_run(runs["deploy"])
+    assert deploy.data.tags["lmforge.promoted"] == "true" and deploy.data.tags["lmforge.gate"] == "no production model yet"
+    assert deploy.data.tags["lmforge.endpoint"].startswith("http://127.0.0.1:")
+    assert {"smoke_chat_latency_s", "smoke_stream_s", "candidate.pass_rate"} <= set(deploy.data.metrics)
+    assert deploy.data.metrics["errors"] == 0
+
+
+def test_the_dpo_path_reuses_everything_up_to_sft(tiny, tmp_path):
+    summary, dpo, client = tiny["ppo"], tiny["dpo"], tiny["client"]
     assert list(dpo["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft", "dpo",
                                    "quantize", "deploy"]
     assert dpo["cache_hits"] == ["ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft"]
@@ -77,26 +110,51 @@ def test_tiny_pipeline_runs_ppo_then_dpo_with_lineage(home, prefect_server, chro
     quantized = json.loads(Path(client.download_artifacts(dpo["stages"]["quantize"], "manifest.json",
                                                           str(tmp_path / "q-dpo"))).read_text())
     assert quantized["inputs"]["model"]["run_id"] == dpo["stages"]["dpo"]  # the alignment path that ran
-    # deploy gated the DPO model against production (the PPO one): promoted, or production kept, with the reason
+
+
+def test_the_gate_promotes_within_its_bounds_and_refuses_outside_them(tiny):
+    """Both decisions, each forced: the DPO run's loose gate promotes its model over the PPO one; then the PPO
+    model, rerun through deploy against a production whose perplexity is recorded as 1.0 (no model does better)
+    with no increase allowed, is refused and production stays."""
+    client, ppo, dpo = tiny["client"], tiny["ppo"], tiny["dpo"]
     gate = client.get_run(dpo["stages"]["deploy"]).data.tags
     production = client.get_model_version_by_alias("lmforge-tiny-lm", "production")
-    candidate = client.get_model_version_by_alias("lmforge-tiny-lm", "latest-quantized")
-    assert candidate.run_id == dpo["stages"]["quantize"]
-    if gate["lmforge.promoted"] == "true":
-        assert production.version == candidate.version
-    else:
-        assert production.run_id == summary["stages"]["quantize"] and "production's" in gate["lmforge.gate"]
+    first = client.get_run(ppo["stages"]["deploy"]).data.tags["lmforge.served_version"]
+    assert gate["lmforge.promoted"] == "true" and production.run_id == dpo["stages"]["quantize"]
+    assert gate["lmforge.gate"] == f"within the gates of production v{first}"
+    assert production.tags["lmforge.previous_production"] == first  # what rollback returns to
+
+    variant = client.get_run(production.run_id).data.tags["lmforge.quantized_variant"]
+    recorded = client.get_run(production.run_id).data.metrics[f"{variant}.perplexity"]
+    client.log_metric(production.run_id, f"{variant}.perplexity", 1.0, step=1)
+    try:
+        rerun = last_json(run_cli(["rerun", "deploy", "--from", ppo["pipeline_run_id"], "--only",
+                                   "--set", "deploy.gate.max_perplexity_increase=0"]).stdout)
+    finally:
+        client.log_metric(production.run_id, f"{variant}.perplexity", recorded, step=2)
+    refused = client.get_run(rerun["stages"]["deploy"]).data.tags
+    assert refused["lmforge.promoted"] == "false" and "> production's 1.00 x 1.00" in refused["lmforge.gate"]
+    assert client.get_model_version_by_alias("lmforge-tiny-lm", "production").version == production.version
+
+
+def test_serve_generate_and_keep_running_serve_production(tiny):
+    production = tiny["client"].get_model_version_by_alias("lmforge-tiny-lm", "production")
     _check_serve_and_generate(str(production.version))
-    _check_keep_running(dpo_args, client, str(production.version))
-    _check_dashboard(summary, dpo, tmp_path, request, prefect_server["port"])
-    _check_prefect_ui(summary, prefect_server, tmp_path, request)
+    _check_keep_running(tiny["dpo_args"], tiny["client"], str(production.version))
 
 
-def _check_prefect_ui(run: dict, prefect_server: dict, tmp_path: Path, request) -> None:
+def test_the_dashboard_shows_every_panel_of_both_runs(tiny, chromium, tmp_path):
+    _check_dashboard(tiny["ppo"], tiny["dpo"], tmp_path, chromium, tiny["prefect"]["port"])
+
+
+def test_the_prefect_ui_shows_every_stage(tiny, chromium, tmp_path):
+    _check_prefect_ui(tiny["ppo"], tiny["prefect"], tmp_path, chromium)
+
+
+def _check_prefect_ui(run: dict, prefect_server: dict, tmp_path: Path, chromium: str) -> None:
     """The Prefect UI's flow-run page, loaded in headless Chromium, shows every stage's task run."""
     from tests.conftest import browse
 
-    chromium = request.getfixturevalue("chromium")
     url = f"{prefect_server['url']}/runs/flow-run/{run['prefect_flow_run_id']}"
     dom, errors = browse(chromium, url, tmp_path / "profile-prefect", screenshot="prefect-flow-run.png")
     assert not errors, errors
@@ -104,7 +162,7 @@ def _check_prefect_ui(run: dict, prefect_server: dict, tmp_path: Path, request) 
     assert not missing, f"the flow-run page does not show {missing}"
 
 
-def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, request, prefect_port: int) -> None:
+def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, chromium: str, prefect_port: int) -> None:
     """`lmforge dashboard --out`: opens on the newest run of the whole DAG even after a partial run; every stage
     in the DAG, every chart drawn with data (timeline, reasons, pass-rate labels, the chosen quantization variant
     and the GGUF point, serving throughput and errors), the gate's decision, no script errors, in headless
@@ -120,7 +178,6 @@ def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, request, pref
     assert default["runs"][0] != partial["pipeline_run_id"] and partial["pipeline_run_id"] in default["runs"]
     written = last_json(run_cli(["dashboard", "--run", ppo_run["pipeline_run_id"], "--out", str(page)]).stdout)
     assert written["runs"][0] == ppo_run["pipeline_run_id"] and dpo_run["pipeline_run_id"] in written["runs"]
-    chromium = request.getfixturevalue("chromium")
     url = f"{page.as_uri()}?run={ppo_run['pipeline_run_id']}&compare={dpo_run['pipeline_run_id']}"
     dom, errors = browse(chromium, url, tmp_path / "profile", screenshot="dashboard.png")
     assert not errors, errors
@@ -272,10 +329,11 @@ def _check_quantize(client: MlflowClient, runs: dict, tmp_path: Path) -> None:
     assert version.run_id == run.info.run_id and version.source.rstrip("/").endswith(run.data.tags["lmforge.quantized_variant"])
     manifest = json.loads(Path(client.download_artifacts(runs["quantize"], "manifest.json", str(tmp_path / "q"))).read_text())
     assert manifest["inputs"]["model"]["run_id"] == runs["ppo"]
-    if run.data.tags["lmforge.quantized_variant"] != "fp32":  # the registered variant loads and generates
-        model = load_quantized(Path(client.download_artifacts(runs["quantize"], run.data.tags["lmforge.quantized_variant"],
-                                                              str(tmp_path / "chosen"))))
-        import torch
+    import torch
+    from transformers import AutoModelForCausalLM
 
+    for variant in sorted({chosen, "int8", "int4"}):  # the registered variant and the quantized ones load and generate
+        folder = Path(client.download_artifacts(runs["quantize"], variant, str(tmp_path / variant)))
+        model = AutoModelForCausalLM.from_pretrained(folder) if variant == "fp32" else load_quantized(folder)
         assert model.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
 
