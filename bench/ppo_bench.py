@@ -57,23 +57,23 @@ from stages.alignment.data import read_rows
 from stages.alignment.evaluate import checkable
 from stages.ppo.config import PPOConfig
 from stages.ppo.roles import CriticRole, PolicyRole, ReferenceRole, RewardRole
-from stages.ppo.trainer import PPOTrainer
-from stages.ppo.trainer import rollout_batch
+from stages.ppo.trainer import PPOTrainer, rollout_batch
 from stages.alignment.objectives import gae, masked_whiten, shaped_rewards
 sft, rm, prompts_path, steps = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 cfg = PPOConfig()
 torch.set_num_threads(2)
-policy = PolicyRole(sft, 2, cfg.policy_lr, cfg.grad_clip, 1.0, 0)
-critic = CriticRole(rm, 2, cfg.critic_lr, cfg.grad_clip, policy.tokenizer.pad_token_id, 0)
-ref, reward = ReferenceRole(sft, 2, 1.0), RewardRole(rm, 2)
+policy = PolicyRole(sft, num_cpus=2, lr=cfg.policy_lr, grad_clip=cfg.grad_clip, temperature=1.0, seed=0)
+critic = CriticRole(rm, num_cpus=2, lr=cfg.critic_lr, grad_clip=cfg.grad_clip, pad_id=policy.tokenizer.pad_token_id,
+                    seed=0)
+ref, reward = ReferenceRole(sft, num_cpus=2, temperature=1.0), RewardRole(rm, num_cpus=2)
 rows = checkable(read_rows(prompts_path), None)
 rng = np.random.default_rng(0)
 split = {"generation": 0.0, "scoring": 0.0, "training": 0.0}
 for step in range(steps):
     t0 = time.time()
     batch_rows = [rows[i] for i in rng.choice(len(rows), cfg.rollout.batch_size, replace=False)]
-    gens = policy.generate([r["prompt_text"] for r in batch_rows], cfg.rollout.max_new_tokens,
-                           cfg.rollout.batch_size, True, 1.0, step)
+    gens = policy.generate([r["prompt_text"] for r in batch_rows], max_new_tokens=cfg.rollout.max_new_tokens,
+                           batch_size=cfg.rollout.batch_size, do_sample=True, seed=step)
     b = rollout_batch(gens, policy.tokenizer.pad_token_id)
     t1 = time.time()
     old, rl, sc, v = policy.logprobs(b), ref.logprobs(b), reward.score(b), critic.values(b)

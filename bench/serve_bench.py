@@ -66,8 +66,10 @@ def main() -> None:
 
     folder, name, version = serving.resolve_model(args.model)
     ensure_ray()
-    url = serving.start(folder, name, port=serving.free_port(), limits={"max_tokens": max(256, args.max_tokens)},
-                        threads=args.threads, max_batch_size=max(args.concurrency))
+    from stages.deploy.config import ServerConfig
+
+    url = serving.start(folder, name, ServerConfig(port=serving.free_port(), max_tokens=max(256, args.max_tokens),
+                                                   threads=args.threads, max_batch_size=max(args.concurrency)))
     try:
         asyncio.run(load(url, name, 2, 4, 8))  # warm-up
         rows = [asyncio.run(load(url, name, c, max(c * 3, args.requests_per_level if c > 1 else 12), args.max_tokens))

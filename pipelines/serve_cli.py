@@ -52,7 +52,11 @@ def serve(
     try:
         folder, name, version = serving.resolve_model(model)
         ensure_ray()
-        url = serving.start(folder, name, host, port, api_key, {"max_tokens": max_tokens}, threads, max_batch_size)
+        from stages.deploy.config import ServerConfig
+
+        server = ServerConfig(host=host, port=port, api_key=api_key, max_tokens=max_tokens,
+                              max_batch_size=max_batch_size, threads=threads)
+        url = serving.start(folder, name, server)
     except LmforgeError as exc:
         raise _fail(exc) from None
     typer.echo(f"serving {name} v{version} at {url}/v1 (Ctrl-C stops)", err=True)

@@ -22,6 +22,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stages.deploy.engine import Engine, GenRequest, load_model
+from stages.deploy.config import ServerConfig
 from stages.deploy.protocol import (ChatRequest, CompletionRequest, Limits, error_body, new_id, not_implemented,
                                     now, validation_error)
 from stages.deploy.scheduler import Scheduler
@@ -51,10 +52,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 class LMServer:
-    def __init__(self, model_dir: str, model_name: str, api_key: str | None = None, limits: dict | None = None,
-                 threads: int | None = None, max_batch_size: int = 16, batch_wait_s: float = 0.02):
-        self.model_name, self.api_key = model_name, api_key
-        self.limits = Limits(**(limits or {}))
+    def __init__(self, model_dir: str, model_name: str, server: dict | None = None):
+        """``server``: a ``deploy.server`` config (``ServerConfig``) as a dict, as Ray Serve hands it over."""
+        settings = ServerConfig(**(server or {}))
+        self.model_name, self.api_key = model_name, settings.api_key
+        self.limits = Limits(max_tokens=settings.max_tokens, max_n=settings.max_n,
+                             max_request_bytes=settings.max_request_bytes)
         self.created = now()
         self.scheduler: Scheduler | None = None  # set, with the tokenizer and context, once the model is in
         self.tokenizer = None
@@ -62,17 +65,17 @@ class LMServer:
         self.load_error: str | None = None
         # the model loads beside the event loop, so /health says "loading" at once instead of the
         # request waiting for a replica that is still reading its weights
-        threading.Thread(target=self._load, args=(model_dir, threads, max_batch_size, batch_wait_s),
-                         name="load-model", daemon=True).start()
+        threading.Thread(target=self._load, args=(model_dir, settings), name="load-model", daemon=True).start()
 
-    def _load(self, model_dir: str, threads: int | None, max_batch_size: int, batch_wait_s: float) -> None:
+    def _load(self, model_dir: str, settings: ServerConfig) -> None:
         from stages.alignment.generate import stop_ids
 
         try:
-            model, tokenizer = load_model(Path(model_dir), threads)
+            model, tokenizer = load_model(Path(model_dir), settings.threads)
             self.tokenizer = tokenizer
             self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
-            self.scheduler = Scheduler(Engine(model, tokenizer, stop_ids(tokenizer)), max_batch_size, batch_wait_s)
+            self.scheduler = Scheduler(Engine(model, tokenizer, stop_ids(tokenizer)), settings.max_batch_size,
+                                       settings.batch_wait_s)
         except Exception as exc:  # noqa: BLE001 - reported by /health and every request, never a hang
             self.load_error = f"{type(exc).__name__}: {exc}"
 
@@ -267,6 +270,5 @@ class LMServer:
 LMDeployment = serve.deployment(max_ongoing_requests=256)(serve.ingress(api)(LMServer))
 
 
-def build(model_dir: Path, model_name: str, api_key: str | None = None, limits: dict | None = None,
-          threads: int | None = None, max_batch_size: int = 16, batch_wait_s: float = 0.02):
-    return LMDeployment.bind(str(model_dir), model_name, api_key, limits, threads, max_batch_size, batch_wait_s)
+def build(model_dir: Path, model_name: str, server: ServerConfig):
+    return LMDeployment.bind(str(model_dir), model_name, server.model_dump())

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 
 from stages.core.errors import StageError
+from stages.deploy.config import ServerConfig
 
 APP_NAME = "lmforge"
 
@@ -36,10 +37,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def start(model_dir: Path, model_name: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          limits: dict | None = None, threads: int | None = None, max_batch_size: int = 16,
-          batch_wait_s: float = 0.02, timeout_s: float = 120) -> str:
-    """Deploy the app and wait for /health; returns the base URL."""
+def start(model_dir: Path, model_name: str, server: ServerConfig, *, timeout_s: float = 120) -> str:
+    """Deploy the app with ``server``'s settings (``deploy.server``; its port must be set, not 0) and wait for
+    /health; returns the base URL."""
     from ray import serve
 
     from stages.core.quiet import quiet_third_party, verbose
@@ -48,10 +48,10 @@ def start(model_dir: Path, model_name: str, host: str = "127.0.0.1", port: int =
     quiet_third_party()  # again: importing Serve set its driver logger back to INFO
     # Serve's controller, proxy and replica INFO lines and one access-log line per request, unless --verbose
     logs = None if verbose() else {"log_level": "WARNING", "enable_access_log": False}
-    serve.start(http_options={"host": host, "port": port}, logging_config=logs)
-    serve.run(build(model_dir, model_name, api_key, limits, threads, max_batch_size, batch_wait_s),
-              name=APP_NAME, route_prefix="/", blocking=False, logging_config=logs)
-    url = f"http://{host}:{port}"
+    serve.start(http_options={"host": server.host, "port": server.port}, logging_config=logs)
+    serve.run(build(model_dir, model_name, server), name=APP_NAME, route_prefix="/", blocking=False,
+              logging_config=logs)
+    url = f"http://{server.host}:{server.port}"
     deadline = time.time() + timeout_s
     last = "no answer"
     while time.time() < deadline:

@@ -138,10 +138,9 @@ class DeployStage(Stage[DeployConfig]):
 
         s = cfg.server
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
-        port = s.port or serving.free_port(s.host)
-        limits = {"max_tokens": s.max_tokens, "max_n": s.max_n, "max_request_bytes": s.max_request_bytes}
-        url = serving.start(model_dir, name, s.host, port, s.api_key, limits, s.threads, s.max_batch_size,
-                            s.batch_wait_s)
+        if not s.port:
+            s = s.model_copy(update={"port": serving.free_port(s.host)})
+        url = serving.start(model_dir, name, s)
         try:
             smoke = smoke_test(url, name, s.api_key, cfg.smoke_max_tokens, cfg.latency_probe_requests,
                                cfg.throughput_burst_requests)

@@ -55,7 +55,7 @@ def answer_logprobs(model, inputs: dict[str, torch.Tensor], action_mask: torch.T
 class PolicyRole:
     """SFT weights, trained by PPO; it also generates the rollouts (KV-cache ``generate``)."""
 
-    def __init__(self, model_dir: str, num_cpus: float, lr: float, grad_clip: float, temperature: float, seed: int):
+    def __init__(self, model_dir: str, *, num_cpus: float, lr: float, grad_clip: float, temperature: float, seed: int):
         from stages.alignment.generate import load_policy
 
         self.threads = _threads(num_cpus)
@@ -66,8 +66,8 @@ class PolicyRole:
         self.temperature = temperature
         self.frozen = None  # the starting weights, for the anchor term (see train_step)
 
-    def generate(self, prompts: list[str], max_new_tokens: int, batch_size: int, do_sample: bool, top_p: float,
-                 seed: int, temperature: float | None = None) -> list:
+    def generate(self, prompts: list[str], *, max_new_tokens: int, batch_size: int, do_sample: bool, seed: int,
+                 top_p: float = 1.0, temperature: float | None = None) -> list:
         from stages.alignment.generate import generate
 
         self.model.eval()
@@ -125,7 +125,7 @@ class PolicyRole:
 class ReferenceRole:
     """The frozen SFT model: log-probs for the per-token KL penalty."""
 
-    def __init__(self, model_dir: str, num_cpus: float, temperature: float):
+    def __init__(self, model_dir: str, *, num_cpus: float, temperature: float):
         from transformers import AutoModelForCausalLM
 
         _threads(num_cpus)
@@ -141,7 +141,7 @@ class ReferenceRole:
 class RewardRole:
     """The frozen reward model: one score per answer, read at its last token."""
 
-    def __init__(self, model_dir: str, num_cpus: float):
+    def __init__(self, model_dir: str, *, num_cpus: float):
         from stages.alignment.scoring import load_reward_model
 
         _threads(num_cpus)
@@ -156,7 +156,7 @@ class CriticRole:
     """Per-token values: a backbone plus a scalar head applied at every position (the
     reward model's, or SFT's with a fresh head), trained on GAE returns."""
 
-    def __init__(self, model_dir: str, num_cpus: float, lr: float, grad_clip: float, pad_id: int, seed: int):
+    def __init__(self, model_dir: str, *, num_cpus: float, lr: float, grad_clip: float, pad_id: int, seed: int):
         from transformers import AutoModelForSequenceClassification
 
         _threads(num_cpus)

@@ -11,6 +11,7 @@ evaluated before and after: checker pass rate, mean reward, KL to the SFT model.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,26 @@ from stages.ppo.config import PPOConfig
 from stages.ppo.roles import CriticRole, PolicyRole, ReferenceRole, RewardRole
 
 HISTORY = "ppo_log.jsonl"
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The four Ray actor handles of a PPO run."""
+
+    policy: Any
+    critic: Any
+    reference: Any
+    reward: Any
+
+
+def rollout_seed(seed: int, step: int) -> int:
+    """The sampling seed of training step ``step``: distinct per step and per pipeline seed."""
+    return seed * 100_003 + step
+
+
+def eval_sample_seed(seed: int, k: int) -> int:
+    """The seed of the ``k``-th sampled answer per held-out prompt, apart from the greedy pass's ``seed``."""
+    return seed + 7 + k
 
 
 def rollout_batch(generations, pad_id: int) -> dict[str, np.ndarray]:
@@ -82,15 +103,19 @@ class PPOTrainer:
         anchors = self._anchors(ctx, cfg, tokenizer)
         a, r = cfg.actors, cfg.rollout
         policy = ray.remote(PolicyRole).options(num_cpus=a.policy).remote(
-            sft_dir, a.policy, cfg.policy_lr, cfg.grad_clip, r.temperature, ctx.seed)
+            sft_dir, num_cpus=a.policy, lr=cfg.policy_lr, grad_clip=cfg.grad_clip, temperature=r.temperature,
+            seed=ctx.seed)
         critic = ray.remote(CriticRole).options(num_cpus=a.critic).remote(
-            rm_dir if cfg.critic_init == "reward" else sft_dir, a.critic, cfg.critic_lr, cfg.grad_clip, pad_id, ctx.seed)
-        reference = ray.remote(ReferenceRole).options(num_cpus=a.reference).remote(sft_dir, a.reference, r.temperature)
-        reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(rm_dir, a.reward)
+            rm_dir if cfg.critic_init == "reward" else sft_dir, num_cpus=a.critic, lr=cfg.critic_lr,
+            grad_clip=cfg.grad_clip, pad_id=pad_id, seed=ctx.seed)
+        reference = ray.remote(ReferenceRole).options(num_cpus=a.reference).remote(
+            sft_dir, num_cpus=a.reference, temperature=r.temperature)
+        reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(rm_dir, num_cpus=a.reward)
         try:
-            before = self._evaluate(policy, reference, reward, heldout, cfg, pad_id, ctx.seed)
-            history = self._train(ctx, cfg, prompts, anchors, policy, critic, reference, reward, pad_id)
-            after = self._evaluate(policy, reference, reward, heldout, cfg, pad_id, ctx.seed)
+            roles = Roles(policy=policy, critic=critic, reference=reference, reward=reward)
+            before = self._evaluate(roles, heldout, cfg, pad_id=pad_id, seed=ctx.seed)
+            history = self._train(ctx, cfg, roles, prompts=prompts, anchors=anchors, pad_id=pad_id)
+            after = self._evaluate(roles, heldout, cfg, pad_id=pad_id, seed=ctx.seed)
             state = ray.get(policy.state_dict.remote())
         finally:
             for actor in (policy, critic, reference, reward):
@@ -106,9 +131,10 @@ class PPOTrainer:
         rows = [r for r in read_rows(ctx.inputs["prompts"].path) if r["family"] not in cfg.families]
         return teacher_forced(tokenizer, [r["prompt_text"] for r in rows], [r["response_text"] for r in rows])
 
-    def _train(self, ctx, cfg: PPOConfig, prompts, anchors, policy, critic, reference, reward, pad_id) -> list[dict]:
+    def _train(self, ctx, cfg: PPOConfig, roles: Roles, *, prompts, anchors, pad_id: int) -> list[dict]:
         import ray
 
+        policy, critic, reference, reward = roles.policy, roles.critic, roles.reference, roles.reward
         rng = np.random.default_rng(ctx.seed)
         kl_ctl = AdaptiveKL(cfg.kl)
         history: list[dict[str, Any]] = []
@@ -117,8 +143,9 @@ class PPOTrainer:
             t0 = time.time()
             asked = [prompts[i] for i in rng.choice(len(prompts), size=r.batch_size, replace=False)]
             rows = [row for row in asked for _ in range(r.samples_per_prompt)]  # a prompt's answers side by side
-            gens = ray.get(policy.generate.remote([p["prompt_text"] for p in rows], r.max_new_tokens, len(rows),
-                                                  True, r.top_p, ctx.seed * 100_003 + step))
+            gens = ray.get(policy.generate.remote([p["prompt_text"] for p in rows], max_new_tokens=r.max_new_tokens,
+                                                  batch_size=len(rows), do_sample=True, top_p=r.top_p,
+                                                  seed=rollout_seed(ctx.seed, step)))
             batch = rollout_batch(gens, pad_id)
             t1 = time.time()
             old_lp, ref_lp, scores, values = (np.array(x) for x in ray.get([  # copies: store objects are read-only
@@ -187,21 +214,24 @@ class PPOTrainer:
         return out
 
     @staticmethod
-    def _evaluate(policy, reference, reward, rows, cfg: PPOConfig, pad_id: int, seed: int) -> dict[str, Any]:
+    def _evaluate(roles: Roles, rows, cfg: PPOConfig, *, pad_id: int, seed: int) -> dict[str, Any]:
         """Greedy answers: pass rate and mean reward; sampled answers (``eval.samples_per_prompt``
         at ``eval.temperature``): the same two figures per prompt, and KL(policy || SFT) per answer."""
+        policy, reference, reward = roles.policy, roles.reference, roles.reward
         import ray
 
         ev = cfg.eval
         texts = [row["prompt_text"] for row in rows]
-        greedy = ray.get(policy.generate.remote(texts, ev.max_new_tokens, ev.batch_size, False, 1.0, seed))
+        greedy = ray.get(policy.generate.remote(texts, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                                                do_sample=False, seed=seed))
         batch = rollout_batch(greedy, pad_id)
         scores = ray.get(reward.score.remote(batch))
         verdicts = [verdict(row, g.text) for row, g in zip(rows, greedy)]
         kls, sampled_verdicts, sampled_scores = [], [], []
         for k in range(ev.samples_per_prompt):
-            sampled = ray.get(policy.generate.remote(texts, ev.max_new_tokens, ev.batch_size, True,
-                                                     cfg.rollout.top_p, seed + 7 + k, ev.temperature))
+            sampled = ray.get(policy.generate.remote(texts, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
+                                                     do_sample=True, top_p=cfg.rollout.top_p,
+                                                     seed=eval_sample_seed(seed, k), temperature=ev.temperature))
             sb = rollout_batch(sampled, pad_id)
             lp, ref, score = ray.get([policy.logprobs.remote(sb, ev.temperature),
                                       reference.logprobs.remote(sb, ev.temperature), reward.score.remote(sb)])

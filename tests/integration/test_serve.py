@@ -10,10 +10,12 @@ import json
 import httpx
 import pytest
 
+from stages.deploy.config import ServerConfig
 from tests.conftest import free_port, make_tiny_model
 
 pytestmark = pytest.mark.integration
 NAME = "lmforge-test-lm"
+SERVER = ServerConfig(max_tokens=64, max_n=3, threads=1, max_batch_size=8, batch_wait_s=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +26,7 @@ def served(tmp_path_factory):
     model_dir = make_tiny_model(tmp_path_factory.mktemp("serve") / "model")
     ensure_ray(num_cpus=2)
     port = free_port()
-    url = serving.start(model_dir, NAME, port=port, limits={"max_tokens": 64, "max_n": 3}, threads=1,
-                        max_batch_size=8, batch_wait_s=0.05)
+    url = serving.start(model_dir, NAME, SERVER.model_copy(update={"port": port}))
     yield {"url": url, "port": port, "model_dir": model_dir}
     serving.stop()
     import ray
@@ -263,11 +264,11 @@ def test_a_model_that_cannot_load_fails_fast_then_the_api_key_when_configured(se
     ensure_ray(num_cpus=2)
     started = time.time()
     with pytest.raises(StageError, match="could not load"):
-        serving.start(broken, NAME, port=served["port"], threads=1, timeout_s=120)
+        serving.start(broken, NAME, ServerConfig(port=served["port"], threads=1), timeout_s=120)
     assert time.time() - started < 90  # the reason came back, not the timeout
 
     ensure_ray(num_cpus=2)
-    url = serving.start(served["model_dir"], NAME, port=served["port"], api_key="sekret", threads=1)
+    url = serving.start(served["model_dir"], NAME, ServerConfig(port=served["port"], api_key="sekret", threads=1))
     try:
         assert httpx.get(f"{url}/v1/models").status_code == 401
         wrong = httpx.post(f"{url}/v1/completions", json={"model": NAME, "prompt": "x"},
@@ -279,5 +280,4 @@ def test_a_model_that_cannot_load_fails_fast_then_the_api_key_when_configured(se
         assert httpx.get(f"{url}/health").status_code == 200  # health stays open for probes
     finally:
         serving.stop()
-        serving.start(served["model_dir"], NAME, port=served["port"], limits={"max_tokens": 64, "max_n": 3},
-                      threads=1, max_batch_size=8, batch_wait_s=0.05)
+        serving.start(served["model_dir"], NAME, SERVER.model_copy(update={"port": served["port"]}))

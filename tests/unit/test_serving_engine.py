@@ -114,7 +114,7 @@ def test_the_server_answers_health_at_once_while_its_model_loads(tmp_path, monke
 
     monkeypatch.setattr(app, "load_model", slow_load)
     server_class = app.LMServer
-    server = server_class(str(folder), "m", threads=1)
+    server = server_class(str(folder), "m", {"threads": 1})
     loading = server.health()
     assert loading.status_code == 503 and json.loads(loading.body)["status"] == "loading"
     assert json.loads(server._not_ready().body)["error"]["code"] == "model_loading"
@@ -127,7 +127,7 @@ def test_the_server_answers_health_at_once_while_its_model_loads(tmp_path, monke
 
     broken = tmp_path / "broken"
     broken.mkdir()
-    failed = server_class(str(broken), "m", threads=1)
+    failed = server_class(str(broken), "m", {"threads": 1})
     for _ in range(600):
         if failed.load_error:
             break
