@@ -9,7 +9,6 @@ The driver holds ids, hashes and band keys, never the corpus.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from stages.core.contract import StageContext, StageResult
+from stages.core.document_shards import ShardedDocuments
 from stages.core.docio import append_jsonl, write_parquet
-from stages.core.ray_runtime import ensure_ray, run_tasks
-from stages.core.shards import assemble_outputs, drop_repeated_ids, iter_shard, read_shard, shard_input
+from stages.core.shards import iter_shard, read_shard
 from stages.dedup import core
 from stages.dedup.config import DedupConfig
 from stages.dedup.minhash import ShingleHasher, text_shingles
@@ -29,13 +28,13 @@ from stages.dedup.plots import write_plots
 STRIPPED = "stripped-{:05d}.jsonl"
 
 
-def task_exact(shard: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+def task_exact(shard: str, index: int) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     docs = read_shard(Path(shard))
     keys, lengths = core.shard_exact([d["text"] for d in docs])
     return [d["id"] for d in docs], [str(d.get("source") or "") for d in docs], keys, lengths
 
 
-def task_units(shard: str, active: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+def task_units(shard: str, index: int, active: np.ndarray, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
     return core.shard_unit_counts([d["text"] for d in iter_shard(Path(shard))], active, cfg)
 
 
@@ -52,11 +51,11 @@ def dedup_signatures(shard: str, index: int, active: np.ndarray, boilerplate: np
             "empty": np.array([s is not None and not s.strip() for s in signed.stripped], dtype=bool)}
 
 
-def task_shingles(work: str, index: int, rows: np.ndarray, cfg: DedupConfig) -> list[np.ndarray]:
+def task_shingles(shard: str, index: int, rows: np.ndarray, cfg: DedupConfig) -> list[np.ndarray]:
     hasher = ShingleHasher(cfg.shingle_unit, cfg.shingle_size)
     wanted = set(int(r) for r in rows)
     found: dict[int, np.ndarray] = {}
-    with open(Path(work) / STRIPPED.format(index), encoding="utf-8") as handle:
+    with open(Path(shard).parent / STRIPPED.format(index), encoding="utf-8") as handle:
         for row, line in enumerate(handle):
             if row in wanted:
                 found[row] = text_shingles(json.loads(line), hasher)
@@ -103,27 +102,25 @@ class DedupPasses:
 
         cfg = ctx.config
         out = ctx.output_dir
-        work = out / "_work"
         timings: dict[str, float] = {}
         t0 = time.time()
-        sharded = shard_input(ctx.inputs["docs"].path, work, cfg.shard_docs, cfg.max_doc_chars, out / "quarantined.jsonl")
-        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
-        opts = {"num_cpus": cfg.task_cpus, "max_retries": 3, "retry_exceptions": False}
-        sharded = drop_repeated_ids(sharded, work, out / "quarantined.jsonl", opts, "dedup")
+        docs = ShardedDocuments.open(ctx, shard_docs=cfg.shard_docs, max_doc_chars=cfg.max_doc_chars,
+                                     task_cpus=cfg.task_cpus, retry_exceptions=False)
+        sharded = docs.sharded
         timings["shard_s"] = time.time() - t0
-        shards = [str(s) for s in sharded.shards]
+        shards = docs.shards
         offsets = sharded.offsets()
-        n = sharded.documents
+        n = docs.documents
         ctx.log.info("dedup: %d documents in %d shards (%d quarantined)", n, len(shards), sharded.quarantined)
 
-        def run_pass(label: str, fn, args_list: list[tuple]) -> list[Any]:
+        def run_pass(label: str, step, args_of=lambda i: (), indices=None) -> list[Any]:
             started = time.time()
-            results = run_tasks(f"dedup: {label}", fn, args_list, opts)
+            results = docs.map(label, step, args_of, indices)
             timings[f"{label}_s"] = time.time() - started
             return results
 
         # A: exact
-        exact = run_pass("exact", task_exact, [(s,) for s in shards])
+        exact = run_pass("exact", task_exact)
         ids = [i for part in exact for i in part[0]]
         sources = [s for part in exact for s in part[1]]
         keys = np.concatenate([p[2] for p in exact]) if exact else np.empty(0, np.uint64)
@@ -137,15 +134,14 @@ class DedupPasses:
         # B: boilerplate units
         boiler = np.empty(0, np.uint64)
         if cfg.boilerplate:
-            counts = run_pass("boilerplate", task_units, [(s, sl(active, i), cfg) for i, s in enumerate(shards)])
+            counts = run_pass("boilerplate", task_units, lambda i: (sl(active, i), cfg))
             from stages.dedup.boilerplate import merge_counts
 
             boiler = core.resolve_boilerplate(*merge_counts(counts), cfg)
         boiler_ref = ray.put(boiler)
 
         # C: strip + signatures + bands
-        signed = run_pass("signatures", dedup_signatures,
-                          [(s, i, sl(active, i), boiler_ref, cfg) for i, s in enumerate(shards)])
+        signed = run_pass("signatures", dedup_signatures, lambda i: (sl(active, i), boiler_ref, cfg))
         chars = np.concatenate([p["chars"] for p in signed]) if signed else np.empty(0, np.int64)
         stripped_len = np.concatenate([p["lengths"] for p in signed]) if signed else np.empty(0, np.int64)
         boiler_empty = np.concatenate([p["empty"] for p in signed]) if signed else np.empty(0, bool)
@@ -158,11 +154,10 @@ class DedupPasses:
         pairs = core.near_pairs(band_keys, band_rows, cfg)
         needed = np.unique(pairs) if len(pairs) else np.empty(0, np.int64)
         shard_of = np.searchsorted(np.array(offsets), needed, side="right") - 1
-        requests = [(str(work), i, needed[shard_of == i] - offsets[i], cfg) for i in range(len(shards))
-                    if np.any(shard_of == i)]
-        fetched = run_pass("verify", task_shingles, requests) if requests else []
+        wanted = {i: needed[shard_of == i] - offsets[i] for i in range(len(shards)) if np.any(shard_of == i)}
+        fetched = run_pass("verify", task_shingles, lambda i: (wanted[i], cfg), list(wanted)) if wanted else []
         cache: dict[int, np.ndarray] = {}
-        for (_, i, rows, _), arrays in zip(requests, fetched):
+        for (i, rows), arrays in zip(wanted.items(), fetched):
             for row, array in zip(rows, arrays):
                 cache[int(row) + offsets[i]] = array
         roots, best, near_counts = core.resolve_near(n, pairs, cache.__getitem__, cfg)
@@ -173,17 +168,16 @@ class DedupPasses:
 
         # D: write
         cluster_sizes = np.bincount(decisions.cluster, minlength=n)
-        args = []
-        for i, s in enumerate(shards):
-            status = sl(decisions.status, i)
+
+        def write_args(i: int) -> tuple:
             dup = sl(decisions.duplicate_of, i)
             dup_ids = {row: ids[dup[row]] for row in np.flatnonzero(dup >= 0)}
             cluster_ids = [ids[c] for c in sl(decisions.cluster, i)]
-            args.append((s, i, status, sl(decisions.value, i), dup_ids, cluster_ids, sl(cluster_sizes, i),
-                         sl(chars, i), cfg.output_format))
-        run_pass("write", task_write, args)
-        assemble_outputs(out, work, len(shards), cfg.output_format)
-        shutil.rmtree(work)
+            return (sl(decisions.status, i), sl(decisions.value, i), dup_ids, cluster_ids, sl(cluster_sizes, i),
+                    sl(chars, i), cfg.output_format)
+
+        run_pass("write", task_write, write_args)
+        docs.finish(cfg.output_format)
 
         status = decisions.status
         removed = {reason: int(np.sum(status == code)) for code, reason in core.REASONS.items()}
@@ -213,13 +207,9 @@ class DedupPasses:
                      "%d candidate pairs, %d verified; boilerplate stripped %d chars",
                      n, kept, removed["exact"], removed["boilerplate"], removed["near"], sharded.quarantined,
                      near_counts["candidate_pairs"], near_counts["verified_pairs"], metrics["boilerplate_chars"])
-        kept_name = "kept.jsonl" if cfg.output_format == "jsonl" else "kept/"
         return StageResult(
-            counts={"in": n + sharded.quarantined, "kept": kept, "removed": sum(removed.values()),
-                    "quarantined": sharded.quarantined},
-            metrics=metrics,
+            counts=docs.counts(sum(removed.values())), metrics=metrics,
             details={"lsh": {"bands": bands, "rows": rows}, "cluster_size_histogram": dict(sorted(sizes.items())),
                      "boilerplate_chars_per_source": dict(per_source_chars), "removed_by_reason": removed},
-            outputs={"docs": kept_name, "removed": "removed.jsonl", "quarantined": "quarantined.jsonl",
-                     "plot": "dedup_clusters.png"},
+            outputs={**docs.outputs(cfg.output_format), "plot": "dedup_clusters.png"},
         )

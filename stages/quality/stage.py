@@ -4,7 +4,6 @@ filtered and scored by a Ray task that writes its kept/removed parts."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,10 @@ import numpy as np
 from stages.core import names
 from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageInput, StageResult
 from stages.core.digests import sha256_file
+from stages.core.document_shards import ShardedDocuments
 from stages.core.docio import append_jsonl
 from stages.core.errors import StageError
-from stages.core.ray_runtime import ensure_ray, run_tasks
-from stages.core.shards import assemble_outputs, drop_repeated_ids, iter_shard, read_shard, shard_input
+from stages.core.shards import iter_shard, read_shard
 from stages.core.tracking import find_registered, register_artifact
 from stages.quality import classifier as clf
 from stages.quality import langid
@@ -84,12 +83,9 @@ class QualityStage(Stage[QualityConfig]):
         # the tasks load the file the driver resolved (a worker's data dir need not be this one's)
         cfg = ctx.config.model_copy(update={"langid_model": str(ctx.inputs["langid_model"].path)})
         out = ctx.output_dir
-        work = out / "_work"
-        sharded = shard_input(ctx.inputs["docs"].path, work, cfg.shard_docs, cfg.max_doc_chars, out / "quarantined.jsonl")
-        ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
-        remote_opts = {"num_cpus": cfg.task_cpus, "max_retries": 3}
-        sharded = drop_repeated_ids(sharded, work, out / "quarantined.jsonl", remote_opts, "quality")
-        shards = [str(s) for s in sharded.shards]
+        docs = ShardedDocuments.open(ctx, shard_docs=cfg.shard_docs, max_doc_chars=cfg.max_doc_chars,
+                                     task_cpus=cfg.task_cpus)
+        sharded, shards, remote_opts = docs.sharded, docs.shards, docs.options
         metrics: dict[str, float] = {}
         details: dict[str, Any] = {}
         model_path, source = self._classifier(ctx, cfg, shards, remote_opts, metrics, details)
@@ -104,14 +100,11 @@ class QualityStage(Stage[QualityConfig]):
 
         started = time.time()
         stats = ShardStats()
-        for shard_stats in run_tasks("quality: filtering", quality_shard,
-                                     [(s, i, cfg, str(model_path) if model_path else None)
-                                      for i, s in enumerate(shards)], remote_opts):
+        for shard_stats in docs.map("filtering", quality_shard, lambda i: (cfg, str(model_path) if model_path else None)):
             stats.merge(shard_stats)
         metrics["time.filter_s"] = time.time() - started
         metrics["docs_per_s"] = sharded.documents / max(metrics["time.filter_s"], 1e-9)
-        assemble_outputs(out, work, len(shards), cfg.output_format)
-        shutil.rmtree(work)
+        docs.finish(cfg.output_format)
 
         removed = sum(stats.removed.values())
         kept = sharded.documents - removed
@@ -140,15 +133,10 @@ class QualityStage(Stage[QualityConfig]):
         ctx.log.info("quality: %d in -> %d kept, %d removed (%s), %d quarantined; PII: %d e-mails, %d IPs",
                      sharded.documents, kept, removed, dict(stats.removed.most_common(6)), sharded.quarantined,
                      metrics["pii.emails"], metrics["pii.ips"])
-        outputs = {"docs": "kept.jsonl" if cfg.output_format == "jsonl" else "kept/", "removed": "removed.jsonl",
-                   "quarantined": "quarantined.jsonl", "plot": "quality.png"}
+        outputs = {**docs.outputs(cfg.output_format), "plot": "quality.png"}
         if (out / clf.MODEL_FILE).exists():
             outputs["classifier"] = clf.MODEL_FILE
-        return StageResult(
-            counts={"in": sharded.documents + sharded.quarantined, "kept": kept, "removed": removed,
-                    "quarantined": sharded.quarantined},
-            metrics=metrics, details=details, outputs=outputs,
-        )
+        return StageResult(counts=docs.counts(removed), metrics=metrics, details=details, outputs=outputs)
 
     def _classifier(self, ctx: StageContext, cfg: QualityConfig, shards: list[str], opts: dict,
                     metrics: dict[str, float], details: dict[str, Any]) -> tuple[Path | None, str]:
