@@ -76,6 +76,13 @@ def reload() -> None:
 
 
 def _check_inputs(found: dict[str, type[Stage]]) -> None:
+    """Every input names a stage that exists, and every registered default a model kind some stage writes."""
+    kinds = {kind for cls in found.values() for kind in cls.model_kinds}
+    for cls in found.values():
+        for input_name, (kind, _alias) in cls.registered_defaults.items():
+            if kind not in kinds:
+                raise ConfigError(f"stage '{cls.name}' input '{input_name}' defaults to a registered '{kind}' model, "
+                                  f"which no stage writes (model kinds: {', '.join(sorted(kinds))})")
     for cls in found.values():
         for input_name, spec in cls.inputs.items():
             choices, sep, output = spec.partition(":")

@@ -54,6 +54,10 @@ def test_bad_declarations_are_refused_with_the_stage_named(monkeypatch):
             registry._check_inputs({"a": classes["a"]})
         with pytest.raises(ConfigError, match="expected 'stage:output'"):
             registry._check_inputs({"c": _stage("c", {"z": "nothing"})})
+        reads_a_model = _stage("d", {})
+        reads_a_model.registered_defaults = {"model": ("lm", "latest-x")}
+        with pytest.raises(ConfigError, match="defaults to a registered 'lm' model, which no stage writes"):
+            registry._check_inputs({"d": reads_a_model})
     finally:
         registry.dag_order.cache_clear()
 
