@@ -235,8 +235,9 @@ def test_gc_frees_what_nothing_needs_and_never_a_served_model(gc_ops, tmp_path):
 
     again = cli(ops, ["run", *ops["base"], "--until", "dedup", "--set", "dedup.threshold=0.85"])
     assert again["cache_hits"] == ["ingest"] and again["stages"]["dedup"] != ops["b"]["stages"]["dedup"]
-    # every stage run left is used by `again` (now the newest) or holds a protected version: nothing to free
-    assert cli(ops, ["gc", "--keep", "1", "--dry-run"])["removed_runs"] == []
+    # rollback moved production off v2, which is neither aliased, a rollback target nor the newest version: of all
+    # the stage runs left, its run is the one gc frees now (the rest are `again`'s, the newest run's, or protected)
+    assert cli(ops, ["gc", "--keep", "1", "--dry-run"])["removed_runs"] == [v2_run]
 
 
 def test_mlflow_compare_page_shows_both_pipeline_runs(ops, chromium, tmp_path):

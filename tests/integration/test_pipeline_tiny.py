@@ -321,13 +321,6 @@ def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> Non
     manifest = json.loads(Path(client.download_artifacts(runs["ppo"], "manifest.json", str(tmp_path / "ppo"))).read_text())
     assert manifest["inputs"]["model"]["run_id"] == runs["sft"]
     assert manifest["inputs"]["reward_model"]["run_id"] == runs["reward"]
-    _check_quantize(client, runs, tmp_path)
-    deploy = client.get_run(runs["deploy"])
-    assert deploy.data.tags["lmforge.promoted"] == "true"  # the first model becomes production
-    assert deploy.data.tags["lmforge.endpoint"].startswith("http://127.0.0.1:")
-    assert {"smoke_chat_latency_s", "smoke_stream_s", "candidate.pass_rate"} <= set(deploy.data.metrics)
-    production = client.get_model_version_by_alias("lmforge-tiny-lm", "production")
-    assert production.run_id == runs["quantize"]
 
 
 def _check_quantize(client: MlflowClient, runs: dict, tmp_path: Path) -> None:
@@ -348,8 +341,9 @@ def _check_quantize(client: MlflowClient, runs: dict, tmp_path: Path) -> None:
     for batch in (1, 8):  # quantize.choose.max_latency_ratio 1.0: never slower than the unquantized model
         key = f"latency_ms_per_token_b{batch}"
         assert metrics[f"{chosen}.{key}"] <= metrics[f"fp32.{key}"]
-    version = client.get_model_version_by_alias("lmforge-tiny-lm", "latest-quantized")
-    assert version.run_id == run.info.run_id and version.source.rstrip("/").endswith(run.data.tags["lmforge.quantized_variant"])
+    # the version this run registered (the DPO run moved latest-quantized on since)
+    version, = [v for v in client.search_model_versions("name = 'lmforge-tiny-lm'") if v.run_id == run.info.run_id]
+    assert version.source.rstrip("/").endswith(chosen)
     manifest = json.loads(Path(client.download_artifacts(runs["quantize"], "manifest.json", str(tmp_path / "q"))).read_text())
     assert manifest["inputs"]["model"]["run_id"] == runs["ppo"]
     import torch
