@@ -228,16 +228,17 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
                 retry_delay_seconds=cfg.pipeline.retry_delay_s, retry_condition_fn=_not_cancelled,
             )(name, config, {up: stage_runs[up] for up in upstream_in_run(name, planned) if up in stage_runs}, parent,
               name not in plan.force)
+            results[name] = info
+            stage_runs[name] = info["run_id"]
+            _roll_up(tracker, parent, name, info)
+            tracker.set_tags(parent, {  # kept current, so `lmforge status` shows a running pipeline's progress
+                names.TAG_STAGE_RUNS: ",".join(f"{k}={v}" for k, v in stage_runs.items()),
+                names.TAG_CACHE_HITS: ",".join(n for n, i in results.items() if i["cache_hit"]),
+            })
         except Exception as exc:  # noqa: BLE001 - recorded on the parent run, then re-raised
-            failed, error = name, exc
+            # a cancel can land while a finished stage is rolled up: that stage did not fail
+            failed, error = (name if name not in stage_runs else f"after {name}"), exc
             break
-        results[name] = info
-        stage_runs[name] = info["run_id"]
-        _roll_up(tracker, parent, name, info)
-        tracker.set_tags(parent, {  # kept current, so `lmforge status` shows a running pipeline's progress
-            names.TAG_STAGE_RUNS: ",".join(f"{k}={v}" for k, v in stage_runs.items()),
-            names.TAG_CACHE_HITS: ",".join(n for n, i in results.items() if i["cache_hit"]),
-        })
 
     summary = {
         "pipeline_run_id": parent,
@@ -247,12 +248,15 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
     }
     if plan.rerun_of:
         summary["rerun_of"] = plan.rerun_of
-    tracker.log_metrics(parent, {"pipeline.duration_s": time.time() - started})
-    create_markdown_artifact(
-        key="lmforge-pipeline-summary",
-        markdown=_summary_markdown(cfg, tracker, parent, results, failed, plan),
-        description=f"lmforge stages and MLflow runs of pipeline run {parent}",
-    )
+    try:
+        tracker.log_metrics(parent, {"pipeline.duration_s": time.time() - started})
+        create_markdown_artifact(
+            key="lmforge-pipeline-summary",
+            markdown=_summary_markdown(cfg, tracker, parent, results, failed, plan),
+            description=f"lmforge stages and MLflow runs of pipeline run {parent}",
+        )
+    except Cancelled as exc:  # after the last stage: the run still ends as cancelled, not lost
+        failed, error = failed or "summary", error or exc
     if error is not None:
         cancelled = isinstance(error, Cancelled)
         message = f"stage {failed} {'was cancelled' if cancelled else 'failed'}: {error}"
