@@ -122,8 +122,6 @@ def _assemble(classes: tuple) -> type[PipelineConfigBase]:
 def __getattr__(name: str):
     if name == "PipelineConfig":  # assembled on first use, after the stages are discovered
         return pipeline_config_model()
-    if name == "PipelineSection":
-        return pipeline_config_model().model_fields["pipeline"].annotation
     raise AttributeError(name)
 
 

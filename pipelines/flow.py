@@ -198,7 +198,7 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
     flow_run_id = str(flow_run.id)
     tracker = Tracker(cfg.pipeline.name, cfg.engines.mlflow.tracking_uri)
     tags = {
-        names.TAG_KIND: "pipeline",
+        names.TAG_KIND: names.KIND_PIPELINE,
         names.TAG_PREFECT_FLOW_RUN: flow_run_id,
         names.TAG_CONFIG_PATH: config_path or "",
         names.TAG_UNTIL: plan.until or "",

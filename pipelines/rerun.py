@@ -41,7 +41,7 @@ def pipeline_run(client, run_id: str):
     except MlflowException:
         raise ConfigError(f"--from: no MLflow run {run_id!r} in {client.tracking_uri} "
                           "(`lmforge status` lists pipeline runs)") from None
-    if run.data.tags.get(names.TAG_KIND) != "pipeline":
+    if run.data.tags.get(names.TAG_KIND) != names.KIND_PIPELINE:
         stage = run.data.tags.get(names.TAG_STAGE)
         hint = f" (it is a run of stage {stage}; its pipeline run is {run.data.tags.get('mlflow.parentRunId')})" \
             if stage else ""

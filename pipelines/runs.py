@@ -11,7 +11,6 @@ from typing import Any
 from stages.core import names
 from stages.core.errors import ConfigError
 
-KIND = "pipeline"
 
 
 def experiment_ids(client) -> list[str]:
@@ -22,7 +21,7 @@ def recent_pipeline_runs(client, limit: int = 10) -> list:
     ids = experiment_ids(client)
     if not ids:
         return []
-    return client.search_runs(ids, filter_string=f"tags.`{names.TAG_KIND}` = '{KIND}'",
+    return client.search_runs(ids, filter_string=f"tags.`{names.TAG_KIND}` = '{names.KIND_PIPELINE}'",
                               order_by=["attributes.start_time DESC"], max_results=limit)
 
 
@@ -33,7 +32,7 @@ def get_pipeline_run(client, run_id: str):
         run = client.get_run(run_id)
     except MlflowException:
         raise ConfigError(f"no MLflow run {run_id!r} in {client.tracking_uri} (`lmforge status` lists them)") from None
-    if run.data.tags.get(names.TAG_KIND) != KIND:
+    if run.data.tags.get(names.TAG_KIND) != names.KIND_PIPELINE:
         raise ConfigError(f"run {run_id} is not a pipeline run (it is {run.data.tags.get(names.TAG_STAGE, 'untagged')})")
     return run
 
@@ -124,13 +123,12 @@ def describe(client, run) -> dict[str, Any]:
 
 def _declared(metric: str):
     """The declaration a rolled-up ``<stage>.<figure>`` falls under, or None (an unknown stage or figure)."""
-    from stages.core.errors import ConfigError as _Unknown
     from stages.registry import stage_class
 
     stage, _, figure = metric.partition(".")
     try:
         cls = stage_class(stage)
-    except _Unknown:  # a stage that is no longer installed: its figures still show with --all
+    except ConfigError:  # a stage that is no longer installed: its figures still show with --all
         return None
     return cls.figure(figure)
 

@@ -88,6 +88,18 @@ def prefect_server(tmp_path_factory):
     subprocess.run([LMFORGE, "down"], env={**os.environ, **env}, capture_output=True, timeout=120)
 
 
+def prefect_edges(api: str, flow_run_id: str) -> dict[str, list[str]]:
+    """{task run name: the task runs it waits on}, as Prefect recorded them (each task run's ``task_inputs``):
+    the edges its UI draws in the flow-run graph."""
+    import httpx
+
+    tasks = httpx.post(f"{api}/task_runs/filter", timeout=30,
+                       json={"flow_runs": {"id": {"any_": [flow_run_id]}}}).raise_for_status().json()
+    name_of = {t["id"]: t["name"] for t in tasks}
+    return {t["name"]: sorted(name_of[i["id"]] for inputs in t["task_inputs"].values() for i in inputs
+                              if i["input_type"] == "task_run") for t in tasks}
+
+
 def real_documents(sources: list[str], max_files: int, seed: int = 0) -> list[dict]:
     """Real documents from the fetched corpus, through ingest's own extraction."""
     from stages.ingest.config import IngestConfig

@@ -4,8 +4,7 @@ rename is one edit and a typo is an AttributeError, not a silent miss."""
 
 from __future__ import annotations
 
-# --- registered models: lmforge-<config name>-<kind> -----------------------------------------
-KINDS = ("lm", "reward", "tokenizer", "quality")
+# --- registered models: lmforge-<config name>-<kind> (the kinds are the stages' ``model_kinds``) ---
 
 
 def registered_model(pipeline: str, kind: str) -> str:

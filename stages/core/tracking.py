@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 from stages.core.configuration import flatten
 from stages.core.paths import lmforge_home
 
-from stages.core.names import TAG_CACHE_KEY, TAG_COMPLETE, TAG_ERROR, TAG_STAGE
+from stages.core.names import LATEST, TAG_CACHE_KEY, TAG_COMPLETE, TAG_ERROR, TAG_STAGE
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment of unknown kind in its GenAI view (traces, evaluations); lmforge's are
 # model-training experiments, which it shows in the classic runs view
@@ -199,7 +199,7 @@ def register_artifact(tracker: Tracker, name: str, run_id: str, artifact_path: s
         pass  # exists already
     source = f"{tracker.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
     version = client.create_model_version(name, source, run_id=run_id)
-    if alias.lower() != "latest":  # MLflow reserves "latest": it always means the newest version
+    if alias.lower() != LATEST:  # MLflow reserves "latest": it always means the newest version
         client.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
 
@@ -220,7 +220,7 @@ def resolve_registered(uri: str, tracking_uri: str | None = None) -> tuple[Path,
     client = MlflowClient(tracking_uri=store)
     if "@" in spec:
         name, alias = spec.split("@", 1)
-        if alias.lower() == "latest":  # MLflow reserves the word: the newest version, never a set alias
+        if alias.lower() == LATEST:  # MLflow reserves the word: the newest version, never a set alias
             found = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
             if not found:
                 raise ConfigError(f"{uri}: {name} has no version")

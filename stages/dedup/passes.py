@@ -1,10 +1,5 @@
-"""dedup on Ray: every pass is one Ray task per shard; the driver combines small arrays.
-
-Passes: (A) exact keys -> exact clusters; (B) unit counts -> boilerplate set; (C) strip
-boilerplate, MinHash signatures, LSH band keys; (V) shingles of candidate documents
--> verified pairs -> union-find clusters; (D) write kept/removed parts in shard order.
-The driver holds ids, hashes and band keys, never the corpus.
-"""
+"""What the dedup stage does when it runs. ``stage.py`` beside this holds its declarations and says
+what the stage is; this module is imported only when the stage runs."""
 
 from __future__ import annotations
 

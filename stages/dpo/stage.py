@@ -1,4 +1,4 @@
-"""dpo: Direct Preference Optimization (seed section 3.3.3) of the SFT model on
+"""dpo: Direct Preference Optimization of the SFT model on
 align_data's preference pairs, on Ray Train with the shared trainer (reference
 log-probs computed once from the starting model); evaluated like ppo on the same
 held-out prompts (checker pass rate, KL to SFT, and mean reward when a reward model is

@@ -1,8 +1,5 @@
-"""dpo: Direct Preference Optimization (seed section 3.3.3) of the SFT model on
-align_data's preference pairs, on Ray Train with the shared trainer (reference
-log-probs computed once from the starting model); evaluated like ppo on the same
-held-out prompts (checker pass rate, KL to SFT, and mean reward when a reward model is
-given) so MLflow shows the two side by side."""
+"""What the dpo stage does when it runs. ``stage.py`` beside this holds its declarations and says
+what the stage is; this module is imported only when the stage runs."""
 
 from __future__ import annotations
 

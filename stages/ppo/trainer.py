@@ -1,12 +1,5 @@
-"""ppo: the driver coordinating four Ray actors (policy, critic, reference, reward).
-
-Each step: the policy samples answers to a batch of training prompts; reference, reward
-model, critic and the policy itself score them in parallel; the driver turns scores
-into per-token rewards (KL penalty on every token, the reward model's score on the
-last), advantages (GAE, whitened) and returns; then several epochs of mini-batch
-updates run on the policy and the critic at the same time. Held-out prompts are
-evaluated before and after: checker pass rate, mean reward, KL to the SFT model.
-"""
+"""What the ppo stage does when it runs. ``stage.py`` beside this holds its declarations and says
+what the stage is; this module is imported only when the stage runs."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""quantize: int8 and 4-bit weight-only variants of the aligned model (torchao), a Q8_0
-GGUF file for llama.cpp, each variant measured against the unquantized model on the same
-held-out data, and the smallest one within the config's budgets registered as
-``lmforge-<cfg>-lm@latest-quantized``."""
+"""What the quantize stage does when it runs. ``stage.py`` beside this holds its declarations and says
+what the stage is; this module is imported only when the stage runs."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""reward: the SFT backbone with a scalar head (``AutoModelForSequenceClassification``,
-one label) trained with the Bradley-Terry loss on align_data's preference pairs, on Ray
-Train; then checked on held-out pairs (pairwise accuracy, per family) and on answers
-sampled from the SFT model (Spearman correlation of reward with the checker's verdict)."""
+"""What the reward stage does when it runs. ``stage.py`` beside this holds its declarations and says
+what the stage is; this module is imported only when the stage runs."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""sft: supervised fine-tuning of the pretrained model on align_data's examples (loss on
-response tokens only), on Ray Train with pretraining's distribution code; then greedy
-decoding of the held-out prompts by the base and the SFT model, scored by the checkers."""
+"""What the sft stage does when it runs. ``stage.py`` beside this holds its declarations and says
+what the stage is; this module is imported only when the stage runs."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stages.core.digests import sha256_file
-from tests.conftest import TINY, last_json, run_cli
+from tests.conftest import TINY, last_json, prefect_edges, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -111,11 +111,7 @@ def test_run_until_quality_chains_stages_by_run_id(home, prefect_server, tmp_pat
     summary = last_json(run_cli(args).stdout)
     assert list(summary["stages"]) == ["ingest", "dedup", "quality"]
     # Prefect's flow-run graph has the DAG's edges, read from the stages' inputs: quality waits on dedup only
-    task_runs = _prefect(prefect_server, "POST", "/task_runs/filter",
-                         json={"flow_runs": {"id": {"any_": [summary["prefect_flow_run_id"]]}}})
-    name_of = {t["id"]: t["name"] for t in task_runs}
-    edges = {t["name"]: sorted(name_of[i["id"]] for inputs in t["task_inputs"].values() for i in inputs
-                               if i["input_type"] == "task_run") for t in task_runs}
+    edges = prefect_edges(prefect_server["api"], summary["prefect_flow_run_id"])
     assert edges == {"ingest": [], "dedup": ["ingest"], "quality": ["dedup"]}
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     manifests = {}

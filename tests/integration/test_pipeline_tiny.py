@@ -161,15 +161,10 @@ def _check_prefect_ui(run: dict, prefect_server: dict, tmp_path: Path, chromium:
     missing = [stage for stage in run["stages"] if stage not in dom]
     assert not missing, f"the flow-run page does not show {missing}"
     # the graph that page draws comes from each task run's recorded inputs: the DAG's edges, not a hairball
-    import httpx
-
     from pipelines.dag import upstream_in_run
+    from tests.conftest import prefect_edges
 
-    tasks = httpx.post(f"{prefect_server['api']}/task_runs/filter", timeout=30,
-                       json={"flow_runs": {"id": {"any_": [run["prefect_flow_run_id"]]}}}).json()
-    name_of = {t["id"]: t["name"] for t in tasks}
-    drawn = {t["name"]: sorted(name_of[i["id"]] for v in t["task_inputs"].values() for i in v
-                               if i["input_type"] == "task_run") for t in tasks}
+    drawn = prefect_edges(prefect_server["api"], run["prefect_flow_run_id"])
     stages = list(run["stages"])
     assert drawn == {name: sorted(upstream_in_run(name, stages)) for name in stages}
     assert drawn["quantize"] == ["align_data", "ppo", "tokenize"] and drawn["sft"] == ["align_data", "pretrain"]

@@ -9,11 +9,10 @@ import shutil
 import subprocess
 import sys
 
-import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, last_json, run_cli
+from tests.conftest import REPO, last_json, prefect_edges, run_cli
 
 PLUGIN = REPO / "tests" / "plugins" / "lmforge-example-stage"
 TINY = REPO / "pipelines" / "configs" / "tiny.yaml"
@@ -72,12 +71,8 @@ def test_the_plugin_runs_in_a_flow_after_ingest(plugin_env, home, prefect_server
     pipeline = client.get_run(summary["pipeline_run_id"]).data.metrics
     assert pipeline["doc_lengths.docs"] == ingest.data.metrics["count.kept"]
     assert 0 < pipeline["doc_lengths.mean_chars"]
-    tasks = httpx.post(f"{prefect_server['api']}/task_runs/filter", timeout=30,
-                       json={"flow_runs": {"id": {"any_": [summary["prefect_flow_run_id"]]}}}).json()
-    name_of = {t["id"]: t["name"] for t in tasks}
-    upstream = {t["name"]: [name_of[i["id"]] for v in t["task_inputs"].values() for i in v
-                            if i["input_type"] == "task_run"] for t in tasks}
-    assert upstream == {"ingest": [], "doc_lengths": ["ingest"]}
+    edges = prefect_edges(prefect_server["api"], summary["prefect_flow_run_id"])
+    assert edges == {"ingest": [], "doc_lengths": ["ingest"]}
     compared = last_json(run_cli(["compare", summary["pipeline_run_id"], summary["pipeline_run_id"]],
                                  env=plugin_env).stdout)
     shown = {row["metric"]: row["better"] for row in compared["metrics"]}
