@@ -136,7 +136,7 @@ def _run_and_report(cfg, until: Optional[str], flow_params: dict[str, Any]) -> N
         summary = getattr(exc, "summary", None)
         if summary:
             _emit({**summary, "error": str(exc)})
-        if isinstance(exc.__cause__, Cancelled) or isinstance(exc, Cancelled):
+        if isinstance(exc, Cancelled) or getattr(exc, "cancelled", False):
             # Runs are closed and Ray is shut down; an interpreter teardown after Ray calls were interrupted
             # can crash in Ray's threads, so a cancelled run exits here, with its own code.
             _shutdown_ray()

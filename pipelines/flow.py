@@ -30,17 +30,19 @@ from pipelines.config import PipelineConfig, from_dict, load_config
 from pipelines.executors import InlineExecutor, RayJobExecutor
 from pipelines.dag import stages_to_run, upstream_in_run
 from pipelines.rerun import CONFIG_ARTIFACT, RunPlan, plan_rerun
-from stages.core.errors import Cancelled, LmforgeError, StageError
+from stages.core.errors import (CANCEL_REQUESTED, Cancelled, LmforgeError, StageError, cancel_requested,
+                                 raise_if_cancel_requested)
 from stages.core.tracking import Tracker, ui_link
 
 
 class PipelineFailed(LmforgeError):
     """A stage failed; carries the summary of what did run."""
 
-    def __init__(self, message: str, summary: dict[str, Any], exit_code: int = 1):
+    def __init__(self, message: str, summary: dict[str, Any], exit_code: int = 1, cancelled: bool = False):
         super().__init__(message)
         self.summary = summary
         self.exit_code = exit_code
+        self.cancelled = cancelled
 
 
 CANCEL_SIGNAL = signal.SIGUSR1
@@ -54,14 +56,18 @@ def _cancel_on_signal() -> None:
         return
 
     def handler(signum, frame):
+        if CANCEL_REQUESTED.is_set():
+            return  # raised once: the cleanup that started runs undisturbed
+        CANCEL_REQUESTED.set()
         raise Cancelled("cancelled (lmforge cancel)")
 
+    CANCEL_REQUESTED.clear()
     signal.signal(CANCEL_SIGNAL, handler)
 
 
 def _not_cancelled(task, task_run, state) -> bool:
     """Prefect retries a failed stage task, never a cancelled one."""
-    return not isinstance(state.result(raise_on_failure=False), Cancelled)
+    return not cancel_requested(state.result(raise_on_failure=False))
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -223,6 +229,7 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
     error: BaseException | None = None
     for name in planned:
         try:
+            raise_if_cancel_requested()
             info = run_stage.with_options(
                 name=name, task_run_name=name, retries=cfg.pipeline.retries,
                 retry_delay_seconds=cfg.pipeline.retry_delay_s, retry_condition_fn=_not_cancelled,
@@ -255,10 +262,12 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
             markdown=_summary_markdown(cfg, tracker, parent, results, failed, plan),
             description=f"lmforge stages and MLflow runs of pipeline run {parent}",
         )
+        raise_if_cancel_requested()
     except Cancelled as exc:  # after the last stage: the run still ends as cancelled, not lost
         failed, error = failed or "summary", error or exc
     if error is not None:
-        cancelled = isinstance(error, Cancelled)
+        # the request decides: a cancel that landed inside Prefect or Ray can surface as another error
+        cancelled = cancel_requested(error)
         message = f"stage {failed} {'was cancelled' if cancelled else 'failed'}: {error}"
         tracker.set_tags(parent, {names.TAG_FAILED_STAGE: failed})
         if cancelled:
@@ -266,7 +275,10 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
             tracker.finish(parent, "KILLED")
         else:
             tracker.fail(parent, message)
-        raise PipelineFailed(message, {**summary, "failed_stage": failed}, error.exit_code if cancelled else 1) \
-            from error
-    tracker.finish(parent)
+        raise PipelineFailed(message, {**summary, "failed_stage": failed},
+                             Cancelled.exit_code if cancelled else 1, cancelled=cancelled) from error
+    try:
+        tracker.finish(parent)
+    except Cancelled:  # every stage had finished: the cancel came too late, the run is done
+        tracker.finish(parent)
     return summary

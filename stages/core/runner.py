@@ -21,7 +21,7 @@ from stages.core.codehash import code_hash
 from stages.core.contract import Stage, StageConfig, StageContext, StageInput, StageResult
 from stages.core.digests import sha256_json, tree_digests
 from stages.core.environment import environment_hash, hardware, library_versions
-from stages.core.errors import Cancelled, ConfigError, LmforgeError, StageError
+from stages.core.errors import ConfigError, LmforgeError, StageError, cancel_requested, raise_if_cancel_requested
 from stages.core.manifest import MANIFEST, read_manifest, write_manifest
 from stages.core.names import TAG_CACHE_KEY, TAG_COMPLETE, TAG_PIPELINE, TAG_STAGE
 from stages.core.tracking import Tracker
@@ -150,6 +150,7 @@ def execute_stage(
                 cache_key=key, log=logging.getLogger(f"lmforge.stages.{stage.name}"),
             )
             result = stage.run(ctx)
+            raise_if_cancel_requested()  # nothing is committed from a run that was cancelled
             if stage.document_stage:
                 check_invariant(stage.name, result.counts)
             manifest = build_manifest(stage, config, seed, inputs, key, result, tmp, started)
@@ -164,7 +165,7 @@ def execute_stage(
             tracker.finish(run_id)
     except BaseException as exc:
         if tracking is not None and run_id is not None:
-            if isinstance(exc, (Cancelled, KeyboardInterrupt)) or type(exc).__name__ == "TerminationSignal":
+            if cancel_requested(exc):
                 tracking.tracker.set_tags(run_id, {names.TAG_ERROR: "cancelled"})
                 tracking.tracker.finish(run_id, "KILLED")
             else:

@@ -19,9 +19,10 @@ from tests.conftest import DATA_DIR, LMFORGE, REPO, TINY, last_json, run_cli
 pytestmark = pytest.mark.integration
 
 
-def _two_pipeline_runs(tmp_path_factory, prefect_server, name: str) -> dict:
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory, prefect_server):
     """A home of its own with two pipeline runs through dedup that differ in dedup's threshold."""
-    home = tmp_path_factory.mktemp(name)
+    home = tmp_path_factory.mktemp("ops-home")
     env = {"LMFORGE_HOME": str(home), "LMFORGE_DATA_DIR": str(DATA_DIR), "MLFLOW_TRACKING_URI": "",
            "PREFECT_API_URL": ""}
     base = ["--config", str(TINY), "--set", f"engines.prefect.port={prefect_server['port']}"]
@@ -29,17 +30,6 @@ def _two_pipeline_runs(tmp_path_factory, prefect_server, name: str) -> dict:
     b = last_json(run_cli(["run", *base, "--until", "dedup", "--set", "dedup.threshold=0.85"], env=env).stdout)
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     return {"home": home, "env": env, "base": base, "a": a, "b": b, "client": client, "prefect": prefect_server}
-
-
-@pytest.fixture(scope="module")
-def ops(tmp_path_factory, prefect_server):
-    return _two_pipeline_runs(tmp_path_factory, prefect_server, "ops-home")
-
-
-@pytest.fixture(scope="module")
-def gc_ops(tmp_path_factory, prefect_server):
-    """gc deletes runs: it gets runs of its own, so no other test depends on running before it."""
-    return _two_pipeline_runs(tmp_path_factory, prefect_server, "gc-home")
 
 
 def experiment(client) -> str:
@@ -120,7 +110,7 @@ def test_rerun_one_stage_reuses_upstream_and_links_the_old_run(ops):
 def test_cancel_a_running_pipeline_then_resume_it(ops):
     client = ops["client"]
     proc = subprocess.Popen([LMFORGE, "run", *ops["base"], "--until", "tokenize"], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=open(ops["home"] / "cancelled-run.log", "w"),
                             env={**os.environ, **ops["env"]})
     try:
         running, ray_procs, deadline = None, [], time.time() + 300
@@ -133,7 +123,11 @@ def test_cancel_a_running_pipeline_then_resume_it(ops):
         pipeline_id = running.data.tags["mlflow.parentRunId"]
 
         result = cli(ops, ["cancel", pipeline_id])
-        assert result["cancelled"] and result["state"] == "CANCELLED" and result["prefect_state"] == "CANCELLED"
+        stages = [(r.data.tags.get("lmforge.stage"), r.info.status) for r in client.search_runs(
+            [experiment(client)], f"tags.`mlflow.parentRunId` = '{pipeline_id}'")]
+        time.sleep(1)
+        why = f"{result}; stage runs {stages}; exit {proc.poll()}\n{(ops['home'] / 'cancelled-run.log').read_text()[-4000:]}"
+        assert result["cancelled"] and result["state"] == "CANCELLED" and result["prefect_state"] == "CANCELLED", why
         assert proc.wait(timeout=60) == 130
     finally:
         if proc.poll() is None:
@@ -156,6 +150,34 @@ def test_cancel_a_running_pipeline_then_resume_it(ops):
     assert client.get_run(resumed["pipeline_run_id"]).info.status == "FINISHED"
 
 
+def test_mlflow_compare_page_shows_both_pipeline_runs(ops, chromium, tmp_path):
+    """The MLflow UI's compare view of two pipeline runs (headless Chromium): both run names and the
+    config field that differs are on the page."""
+    import urllib.parse
+
+    from tests.conftest import browse, free_port
+
+    a, b, client = ops["a"], ops["b"], ops["client"]
+    port = free_port()
+    ui = cli(ops, ["ui", *ops["base"], "--set", f"engines.mlflow.ui_port={port}"], timeout=300)
+    try:
+        names = [client.get_run(r["pipeline_run_id"]).info.run_name for r in (a, b)]
+        runs = json.dumps([a["pipeline_run_id"], b["pipeline_run_id"]])
+        url = (f"{ui['mlflow']}/#/compare-runs?runs={urllib.parse.quote(runs)}"
+               f"&experiments={urllib.parse.quote(json.dumps([experiment(client)]))}")
+        dom, errors = browse(chromium, url, tmp_path / "profile", screenshot="mlflow-compare.png", budget_ms=30000)
+        assert all(name in dom for name in names), names
+        assert "dedup.threshold" in dom and "0.85" in dom
+        # the experiment link lmforge prints opens MLflow's classic runs view, not its GenAI overview
+        from stages.core.tracking import ui_link
+
+        link = ui_link(ui["mlflow"], experiment(client))
+        dom, _ = browse(chromium, link, tmp_path / "profile-runs", screenshot="mlflow-runs.png", budget_ms=30000)
+        assert all(name in dom for name in names) and "Detect Issues" not in dom
+    finally:
+        run_cli(["down"], env=ops["env"], check=False)
+
+
 def _model_run(ops, pipeline: dict, folder: Path, promote: bool) -> tuple[str, str]:
     """A quantize-like stage run of ``pipeline`` that registers a real model folder as lmforge-tiny-lm
     (promoted to production through the gate's own function when asked); (run id, version)."""
@@ -175,10 +197,10 @@ def _model_run(ops, pipeline: dict, folder: Path, promote: bool) -> tuple[str, s
     return run_id, version
 
 
-def test_gc_frees_what_nothing_needs_and_never_a_served_model(gc_ops, tmp_path):
+def test_gc_frees_what_nothing_needs_and_never_a_served_model(ops, tmp_path):
+    """Last in the file: gc deletes the runs the tests above read."""
     from tests.conftest import free_port, make_tiny_model
 
-    ops = gc_ops
     a, b, client = ops["a"], ops["b"], ops["client"]
     cli(ops, ["run", *ops["base"], "--until", "ingest"])  # the newest pipeline run uses ingest alone
     model = make_tiny_model(tmp_path / "model")
@@ -242,31 +264,3 @@ def test_gc_frees_what_nothing_needs_and_never_a_served_model(gc_ops, tmp_path):
     # rollback moved production off v2, which is neither aliased, a rollback target nor the newest version: of all
     # the stage runs left, its run is the one gc frees now (the rest are `again`'s, the newest run's, or protected)
     assert cli(ops, ["gc", "--keep", "1", "--dry-run"])["removed_runs"] == [v2_run]
-
-
-def test_mlflow_compare_page_shows_both_pipeline_runs(ops, chromium, tmp_path):
-    """The MLflow UI's compare view of two pipeline runs (headless Chromium): both run names and the
-    config field that differs are on the page."""
-    import urllib.parse
-
-    from tests.conftest import browse, free_port
-
-    a, b, client = ops["a"], ops["b"], ops["client"]
-    port = free_port()
-    ui = cli(ops, ["ui", *ops["base"], "--set", f"engines.mlflow.ui_port={port}"], timeout=300)
-    try:
-        names = [client.get_run(r["pipeline_run_id"]).info.run_name for r in (a, b)]
-        runs = json.dumps([a["pipeline_run_id"], b["pipeline_run_id"]])
-        url = (f"{ui['mlflow']}/#/compare-runs?runs={urllib.parse.quote(runs)}"
-               f"&experiments={urllib.parse.quote(json.dumps([experiment(client)]))}")
-        dom, errors = browse(chromium, url, tmp_path / "profile", screenshot="mlflow-compare.png", budget_ms=30000)
-        assert all(name in dom for name in names), names
-        assert "dedup.threshold" in dom and "0.85" in dom
-        # the experiment link lmforge prints opens MLflow's classic runs view, not its GenAI overview
-        from stages.core.tracking import ui_link
-
-        link = ui_link(ui["mlflow"], experiment(client))
-        dom, _ = browse(chromium, link, tmp_path / "profile-runs", screenshot="mlflow-runs.png", budget_ms=30000)
-        assert all(name in dom for name in names) and "Detect Issues" not in dom
-    finally:
-        run_cli(["down"], env=ops["env"], check=False)

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from stages.core.digests import sha256_file
-from tests.conftest import TINY, last_json, prefect_edges, run_cli
+from tests.conftest import TINY, last_json, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -103,51 +103,3 @@ def test_a_failing_stage_fails_the_flow_with_its_own_message(home, prefect_serve
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     parent = client.get_run(summary["pipeline_run_id"])
     assert parent.info.status == "FAILED" and "matches no files" in parent.data.tags["lmforge.error"]
-
-
-def test_run_until_quality_chains_stages_by_run_id(home, prefect_server, tmp_path):
-    args = ["run", "--config", str(TINY), "--until", "quality",
-            "--set", f"engines.prefect.port={prefect_server['port']}"]
-    summary = last_json(run_cli(args).stdout)
-    assert list(summary["stages"]) == ["ingest", "dedup", "quality"]
-    # Prefect's flow-run graph has the DAG's edges, read from the stages' inputs: quality waits on dedup only
-    edges = prefect_edges(prefect_server["api"], summary["prefect_flow_run_id"])
-    assert edges == {"ingest": [], "dedup": ["ingest"], "quality": ["dedup"]}
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-    manifests = {}
-    for stage in ("dedup", "quality"):
-        run = client.get_run(summary["stages"][stage])
-        assert run.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
-        client.download_artifacts(run.info.run_id, "manifest.json", dst_path=str(tmp_path / stage))
-        manifests[stage] = json.loads((tmp_path / stage / "manifest.json").read_text())
-    assert manifests["dedup"]["inputs"]["docs"]["run_id"] == summary["stages"]["ingest"]
-    assert manifests["quality"]["upstream_run_ids"] == [summary["stages"]["dedup"]]
-    for manifest in manifests.values():
-        counts = manifest["counts"]
-        assert counts["in"] == counts["kept"] + counts["removed"] + counts["quarantined"]
-    assert manifests["quality"]["counts"]["in"] == manifests["dedup"]["counts"]["kept"]
-    dedup = client.get_run(summary["stages"]["dedup"])
-    assert dedup.data.metrics["exact_removed"] + dedup.data.metrics["near_removed"] > 0
-    assert {"kept.jsonl", "removed.jsonl", "dedup_clusters.png"} <= {a.path for a in client.list_artifacts(dedup.info.run_id)}
-
-    quality = client.get_run(summary["stages"]["quality"])
-    assert quality.data.metrics["classifier.auc"] > 0.7
-    assert quality.data.metrics["funnel.min_words.removed"] > 0 and quality.data.metrics["pii.emails"] > 0
-    assert {"quality_classifier.bin", "quality.png", "kept.jsonl"} <= {a.path for a in client.list_artifacts(quality.info.run_id)}
-    versions = client.search_model_versions("name = 'lmforge-tiny-quality'")
-    assert [v.run_id for v in versions] == [quality.info.run_id]
-
-    # only quality's config changes: ingest and dedup are reused
-    again = last_json(run_cli(args + ["--set", "quality.classifier.keep_threshold=0.2"]).stdout)
-    assert again["cache_hits"] == ["ingest", "dedup"]
-    assert again["stages"]["quality"] != summary["stages"]["quality"]
-
-    # standalone quality picks up the registered classifier from the same store
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text(json.dumps({"id": "d1", "text": "A line of text that is far too short."}) + "\n")
-    out = tmp_path / "standalone"
-    run_cli(["stage", "quality", "--input", str(docs), "--output", str(out), "--config", str(TINY)])
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["details"]["classifier"] == "registered: lmforge-tiny-quality@latest"
-    removed = [json.loads(line) for line in (out / "removed.jsonl").read_text().splitlines()]
-    assert removed[0]["quality_score"] is not None and removed[0]["lang"] == "en"

@@ -62,6 +62,42 @@ def test_the_dag_runs_in_order_and_pretrain_reads_exactly_what_tokenize_wrote(ti
     assert [v.run_id for v in client.search_model_versions("name = 'lmforge-tiny-tokenizer'")] == [tok_run]
 
 
+def test_data_stages_chain_by_run_id_and_register_the_classifier(tiny, tmp_path):
+    summary, client = tiny["ppo"], tiny["client"]
+    manifests = {}
+    for stage in ("dedup", "quality"):
+        run = client.get_run(summary["stages"][stage])
+        assert run.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
+        client.download_artifacts(run.info.run_id, "manifest.json", dst_path=str(tmp_path / stage))
+        manifests[stage] = json.loads((tmp_path / stage / "manifest.json").read_text())
+    assert manifests["dedup"]["inputs"]["docs"]["run_id"] == summary["stages"]["ingest"]
+    assert manifests["quality"]["upstream_run_ids"] == [summary["stages"]["dedup"]]
+    for manifest in manifests.values():
+        counts = manifest["counts"]
+        assert counts["in"] == counts["kept"] + counts["removed"] + counts["quarantined"]
+    assert manifests["quality"]["counts"]["in"] == manifests["dedup"]["counts"]["kept"]
+    dedup = client.get_run(summary["stages"]["dedup"])
+    assert dedup.data.metrics["exact_removed"] + dedup.data.metrics["near_removed"] > 0
+    assert {"kept.jsonl", "removed.jsonl", "dedup_clusters.png"} <= {a.path for a in client.list_artifacts(dedup.info.run_id)}
+
+    quality = client.get_run(summary["stages"]["quality"])
+    assert quality.data.metrics["classifier.auc"] > 0.7
+    assert quality.data.metrics["funnel.min_words.removed"] > 0 and quality.data.metrics["pii.emails"] > 0
+    assert {"quality_classifier.bin", "quality.png", "kept.jsonl"} <= {a.path for a in client.list_artifacts(quality.info.run_id)}
+    versions = client.search_model_versions("name = 'lmforge-tiny-quality'")
+    assert [v.run_id for v in versions] == [quality.info.run_id]
+
+    # standalone quality picks up the registered classifier from the same store
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": "d1", "text": "A line of text that is far too short."}) + "\n")
+    out = tmp_path / "standalone"
+    run_cli(["stage", "quality", "--input", str(docs), "--output", str(out), "--config", str(TINY)])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["details"]["classifier"] == "registered: lmforge-tiny-quality@latest"
+    removed = [json.loads(line) for line in (out / "removed.jsonl").read_text().splitlines()]
+    assert removed[0]["quality_score"] is not None and removed[0]["lang"] == "en"
+
+
 def test_pretrain_logs_its_curves_and_registers_the_model(tiny):
     summary, client = tiny["ppo"], tiny["client"]
     pre_run = summary["stages"]["pretrain"]
