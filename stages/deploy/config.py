@@ -30,11 +30,13 @@ class ServerConfig(StrictModel):
     max_tokens: int = Field(256, ge=1, description="Largest max_tokens a request may ask for.")
     max_n: int = Field(4, ge=1)
     max_request_bytes: int = Field(64_000, ge=1024)
-    max_batch_size: int = Field(16, ge=1, description="Most requests in the running batch (continuous batching: "
-                                                      "they join and leave between decoding steps).")
-    batch_wait_s: float = Field(0.02, ge=0, description="How long an idle server waits for a burst of requests to "
-                                                        "start together.")
-    threads: Optional[int] = Field(None, ge=1, description="torch threads of the replica; null = torch's default.")
+    max_num_seqs: int = Field(64, ge=1, description="vLLM's running batch: most sequences decoded together "
+                                                    "(continuous batching).")
+    max_model_len: Optional[int] = Field(None, ge=16, description="Context the engine allots a sequence; null = the "
+                                                                  "model's own (max_position_embeddings).")
+    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = Field(
+        None, description="Weights and activations; null = float32 on CPU, bfloat16 on a GPU.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="KV cache on CPU (vLLM's VLLM_CPU_KVCACHE_SPACE), in GiB.")
 
 
 class DeployConfig(StageConfig):

@@ -1,0 +1,146 @@
+"""What a request must pass before vLLM's OpenAI app sees it, as ASGI middleware.
+
+vLLM's own app validates what a field may hold (logprobs ranges, a JSON schema, the
+context length) and answers in OpenAI's error shape. What it does not do, lmforge does
+here, before the body reaches it: the API key on every route (vLLM's ``--api-key`` answers
+``{"error": "Unauthorized"}``, not OpenAI's shape), the request-size, ``max_tokens`` and
+``n`` caps of ``deploy.server``, the registered model name, and refusing a field vLLM would
+drop in silence (its request models log unknown fields at debug level and go on).
+The body is read once and handed on unchanged; after it, the client's own ``receive`` is
+passed through, so a client that disconnects mid-stream still aborts its request in vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from stages.deploy.protocol import error_body
+
+GENERATION_ROUTES = {"/v1/completions": "completion", "/v1/chat/completions": "chat"}
+OPEN_ROUTES = {"/metrics"}  # Prometheus scrapes without the key, as from vLLM's own server
+KEYED_ROUTES = {"/v1/models", *GENERATION_ROUTES}
+
+
+@dataclass(frozen=True)
+class Rules:
+    model_name: str
+    api_key: str | None
+    max_request_bytes: int
+    max_tokens: int
+    max_n: int
+
+
+def request_fields(kind: str) -> set[str]:
+    """The fields vLLM's request model for ``kind`` reads (names and aliases)."""
+    if kind == "chat":
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as model
+    else:
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest as model
+    names = set()
+    for name, field in model.model_fields.items():
+        names.add(name)
+        if field.alias:
+            names.add(field.alias)
+    return names
+
+
+def refuse(rules: Rules, raw: bytes, size: int, known: set[str]) -> tuple[int, dict[str, Any]] | None:
+    """(status, OpenAI error body) when the request (``size`` bytes, ``raw`` when within the limit) may not reach
+    the engine, else None."""
+    if size > rules.max_request_bytes:
+        return 413, error_body(f"request body is {size} bytes; the limit is {rules.max_request_bytes}")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return 400, error_body(f"request body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return 400, error_body("request body must be a JSON object")
+    unknown = sorted(set(body) - known)
+    if unknown:
+        return 400, error_body(f"unrecognized request argument supplied: {unknown[0]}", param=unknown[0],
+                               code="unsupported_parameter")
+    if body.get("model") != rules.model_name:
+        return 404, error_body(f"the model '{body.get('model')}' does not exist; this server serves "
+                               f"'{rules.model_name}'", param="model", code="model_not_found")
+    for field in ("max_tokens", "max_completion_tokens"):
+        asked = body.get(field)
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > rules.max_tokens:
+            return 400, error_body(f"{field} {asked} is above this server's limit {rules.max_tokens}", param=field)
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > rules.max_n:
+        return 400, error_body(f"n {n} is above this server's limit {rules.max_n}", param="n")
+    return None
+
+
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+
+async def send_json(send: Send, status: int, content: dict[str, Any]) -> None:
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive: Receive, limit: int) -> tuple[bytes, int, bool]:
+    """(the body, kept only while within ``limit`` bytes; its size; whether the client is still there)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"", size, False
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        if not message.get("more_body"):
+            return (b"".join(chunks) if size <= limit else b""), size, True
+
+
+class Admission:
+    """ASGI middleware: the engine's routes go to ``engine()`` (vLLM's app, or None while it loads) once admitted;
+    every other path goes on to ``app`` (lmforge's own routes: /health, and 404 in OpenAI's shape)."""
+
+    def __init__(self, app, engine: Callable[[], Any], rules: Callable[[], Rules | None],
+                 not_ready: Callable[[], tuple[int, dict[str, Any]]]):
+        self.app, self.engine, self.rules, self.not_ready = app, engine, rules, not_ready
+        self._fields: dict[str, set[str]] = {}
+
+    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path not in KEYED_ROUTES | OPEN_ROUTES:
+            return await self.app(scope, receive, send)
+        engine, rules = self.engine(), self.rules()
+        if engine is None or rules is None:
+            return await send_json(send, *self.not_ready())
+        if path in KEYED_ROUTES and rules.api_key:
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"authorization", b"").decode("latin-1") != f"Bearer {rules.api_key}":
+                return await send_json(send, 401, error_body(
+                    "missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key",
+                    kind="authentication_error"))
+        kind = GENERATION_ROUTES.get(path)
+        if kind is None or scope.get("method") != "POST":
+            return await engine(scope, receive, send)
+        raw, size, connected = await read_body(receive, rules.max_request_bytes)
+        if not connected:
+            return None
+        if kind not in self._fields:
+            self._fields[kind] = request_fields(kind)
+        refusal = refuse(rules, raw, size, self._fields[kind])
+        if refusal is not None:
+            return await send_json(send, *refusal)
+        delivered = False
+
+        async def replay() -> dict:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()  # then the client's own: its disconnect aborts the request in vLLM
+
+        return await engine(scope, replay, send)
