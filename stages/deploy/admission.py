@@ -143,4 +143,47 @@ class Admission:
                 return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()  # then the client's own: its disconnect aborts the request in vLLM
 
-        return await engine(scope, replay, send)
+        return await engine(scope, replay, openai_errors(send))
+
+
+def openai_error(status: int, content: Any) -> dict[str, Any]:
+    """vLLM's error body in OpenAI's shape: ``type`` a kind (not "Bad Request"), ``code`` a string or null (not the
+    HTTP status), ``param`` the request's field (``seed``, not ``body.seed``)."""
+    error = content.get("error") if isinstance(content, dict) else None
+    if not isinstance(error, dict):
+        return error_body(str(content)[:2000], kind="invalid_request_error" if status < 500 else "server_error")
+    param = error.get("param")
+    if isinstance(param, str):
+        param = param.removeprefix("body.") or None
+    code = error.get("code")
+    kind = {401: "authentication_error", 404: "invalid_request_error"}.get(status)
+    kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+    return error_body(str(error.get("message", "")), param=param,
+                      code=code if isinstance(code, str) else None, kind=kind)
+
+
+def openai_errors(send: Send) -> Send:
+    """``send`` that rewrites a JSON error response (status 4xx or 5xx) into OpenAI's shape; the rest passes."""
+    start: dict | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message: dict) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            headers = dict(message.get("headers") or [])
+            if message["status"] >= 400 and headers.get(b"content-type", b"").startswith(b"application/json"):
+                start = message
+                return
+            return await send(message)
+        if start is None:
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        try:
+            content = json.loads(b"".join(chunks))
+        except ValueError:
+            content = b"".join(chunks).decode("utf-8", "replace")
+        await send_json(send, start["status"], openai_error(start["status"], content))
+
+    return wrapped
