@@ -37,12 +37,14 @@ def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LMFORGE_API_KEY", help="Require Authorization: Bearer KEY.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Largest max_tokens a request may ask for.")] = 256,
-    max_batch_size: Annotated[int, typer.Option("--max-batch-size", help="Requests decoded together.")] = 16,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads of the replica.")] = None,
+    max_num_seqs: Annotated[int, typer.Option("--max-num-seqs", help="vLLM's running batch: sequences decoded together.")] = 64,
+    kv_cache_gib: Annotated[float, typer.Option("--kv-cache-gib", help="KV cache on CPU, GiB (VLLM_CPU_KVCACHE_SPACE).")] = 1.0,
 ) -> None:
-    """Serve a registered model on Ray Serve with the OpenAI-compatible API until Ctrl-C.
+    """Serve a registered model with vLLM on Ray Serve (OpenAI-compatible API) until Ctrl-C.
 
     The API's model id is the registered model's name; requests naming another model get 404.
+    vLLM's engine loads in the background: /health answers 503 until it is in (about 30 s
+    for a small model on CPU).
     """
     from stages.cli import setup_logging
     from stages.core.ray_runtime import ensure_ray
@@ -55,8 +57,8 @@ def serve(
         from stages.deploy.config import ServerConfig
 
         server = ServerConfig(host=host, port=port, api_key=api_key, max_tokens=max_tokens,
-                              max_batch_size=max_batch_size, threads=threads)
-        url = serving.start(folder, name, server)
+                              max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib)
+        url = serving.start(folder, name, server, timeout_s=600)
     except LmforgeError as exc:
         raise _fail(exc) from None
     typer.echo(f"serving {name} v{version} at {url}/v1 (Ctrl-C stops)", err=True)
