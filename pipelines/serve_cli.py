@@ -96,9 +96,8 @@ def generate(
     raw: Annotated[bool, typer.Option("--raw", help="Complete the text as is, without the chat template.")] = False,
 ) -> None:
     """Print one completion from a registered model, without a server."""
-    from stages.alignment.generate import stop_ids
     from stages.deploy import serving
-    from stages.deploy.engine import Engine, GenRequest, load_model
+    from stages.deploy.local_model import complete, load_model
 
     try:
         folder, name, version = serving.resolve_model(model)
@@ -108,8 +107,7 @@ def generate(
     text = prompt if raw else tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                             add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    answer, finish, tokens = Engine(lm, tokenizer, stop_ids(tokenizer)).complete(
-        [GenRequest(ids, max_tokens, temperature, 1.0, seed)])[0]
+    answer, finish, tokens = complete(lm, tokenizer, ids, max_tokens, temperature, seed)
     typer.echo(answer)
     typer.echo(json.dumps({"model": name, "version": version, "finish_reason": finish, "completion_tokens": tokens,
                            "prompt_tokens": len(ids)}), err=True)
