@@ -115,9 +115,10 @@ def real_documents(sources: list[str], max_files: int, seed: int = 0) -> list[di
     return docs
 
 
-def make_tiny_model(folder: Path, num_kv_heads: int = 2) -> Path:
+def make_tiny_model(folder: Path, num_kv_heads: int = 1) -> Path:
     """A real byte-level BPE (trained on fetched text) with a small random Llama saved beside
-    it: enough for quantization, GGUF and serving tests without a training run."""
+    it: enough for quantization, GGUF and serving tests without a training run. Head size 32:
+    vLLM's CPU attention has no kernel below it."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -128,7 +129,7 @@ def make_tiny_model(folder: Path, num_kv_heads: int = 2) -> Path:
     tok = AutoTokenizer.from_pretrained(str(folder))
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=num_kv_heads, max_position_embeddings=256,
+                         num_attention_heads=2, num_key_value_heads=num_kv_heads, max_position_embeddings=256,
                          tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
     LlamaForCausalLM(config).save_pretrained(str(folder))
     return folder

@@ -12,10 +12,11 @@ from stages.core.contract import StageConfig
 
 # Llama-architecture sizes. "cpu-tiny" trains on 2 CPU cores in minutes; the GPU sizes
 # are the documented path to ~1B parameters with DeepSpeed ZeRO (bench/pretrain_gpu.py).
+# Every head size is one vLLM has a CPU attention kernel for (32 and up), so every preset serves.
 PRESETS: dict[str, dict[str, int]] = {
     "cpu-tiny": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=384),
     "cpu-small": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=768),
-    "cpu-micro": dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192),
+    "cpu-micro": dict(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=192),
     "gpu-125m": dict(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12, intermediate_size=2048),
     "gpu-350m": dict(hidden_size=1024, num_layers=24, num_heads=16, num_kv_heads=8, intermediate_size=2816),
     "gpu-1b": dict(hidden_size=2048, num_layers=16, num_heads=32, num_kv_heads=8, intermediate_size=5632),
