@@ -53,22 +53,9 @@ class Row:
 
 
 def load_model(model_dir: Path, threads: int | None = None):
-    """A registered model folder: a quantize-stage variant or a transformers checkpoint."""
-    from transformers import AutoTokenizer
+    from stages.deploy.local_model import load_model as load
 
-    from stages.alignment.generate import load_policy
-    from stages.quantize.storage import WEIGHTS, load_quantized
-
-    model_dir = Path(model_dir)
-    if (model_dir / WEIGHTS).exists():
-        if threads:
-            torch.set_num_threads(threads)
-        model, tokenizer = load_quantized(model_dir), AutoTokenizer.from_pretrained(str(model_dir))
-    else:
-        model, tokenizer = load_policy(model_dir, threads)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return model.eval(), tokenizer
+    return load(model_dir, threads)
 
 
 class Engine:

@@ -9,19 +9,10 @@ import torch
 
 
 def load_model(model_dir: Path, threads: int | None = None):
-    """A registered model folder: a quantize-stage variant or a transformers checkpoint."""
-    from transformers import AutoTokenizer
-
+    """A registered model folder: a transformers checkpoint, quantized (torchao) or not."""
     from stages.alignment.generate import load_policy
-    from stages.quantize.storage import WEIGHTS, load_quantized
 
-    model_dir = Path(model_dir)
-    if (model_dir / WEIGHTS).exists():
-        if threads:
-            torch.set_num_threads(threads)
-        model, tokenizer = load_quantized(model_dir), AutoTokenizer.from_pretrained(str(model_dir))
-    else:
-        model, tokenizer = load_policy(model_dir, threads)
+    model, tokenizer = load_policy(Path(model_dir), threads)
     if torch.cuda.is_available():
         model = model.to("cuda")
     return model.eval(), tokenizer

@@ -53,6 +53,10 @@ def cli_args(model_dir: Path, served_name: str, *, max_model_len: int | None, dt
             json.dumps({"backend": "xgrammar", "disable_any_whitespace": not structured_whitespace})]
     if max_model_len:
         args += ["--max-model-len", str(max_model_len)]
+    from stages.quantize.storage import is_variant
+
+    if is_variant(model_dir):  # a quantize-stage variant: transformers' torchao checkpoint
+        args += ["--quantization", "torchao"]
     if not on_gpu:
         args.append("--enforce-eager")  # no graphs to capture on CPU
     return args

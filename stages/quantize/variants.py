@@ -19,7 +19,7 @@ from stages.core.tracking import register_artifact
 from stages.quantize import evaluate as ev_
 from stages.quantize.config import QuantizeConfig
 from stages.quantize.gguf_export import export_q8_0, load_weights, read_back
-from stages.quantize.storage import WEIGHTS, load_quantized, quantize_model, save_quantized
+from stages.quantize.storage import load_variant, save_variant, weight_bytes
 
 TABLE = "variants.json"
 PLOT = "tradeoff.png"
@@ -78,15 +78,13 @@ class QuantizeVariants:
                                  for b in ev.latency_batches if timed))
             return row
 
-        table = [measure(UNQUANTIZED, base_model, ev_.directory_bytes(source))]
+        table = [measure(UNQUANTIZED, base_model, weight_bytes(source))]
         base = table[0]
         for variant in cfg.variants:
-            model, _ = load_policy(source, ev.threads)
-            quantize_model(model, variant, cfg.group_size)
-            save_quantized(model, out / variant, variant)
+            save_variant(source, out / variant, variant, cfg.group_size)
             copy_tokenizer_files(source, out / variant)
-            reloaded = load_quantized(out / variant)  # measured as deploy will load it
-            table.append(measure(variant, reloaded, ev_.directory_bytes(out / variant / WEIGHTS)))
+            reloaded = load_variant(out / variant)  # measured as deploy (vLLM) loads it: the saved folder
+            table.append(measure(variant, reloaded, weight_bytes(out / variant)))
         gguf_figures = {}
         if cfg.gguf:
             counts = export_q8_0(source, out / GGUF_FILE, f"lmforge-{ctx.pipeline_name or 'model'}")

@@ -355,11 +355,12 @@ def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> Non
 
 
 def _check_quantize(client: MlflowClient, runs: dict, tmp_path: Path) -> None:
-    from stages.quantize.storage import load_quantized
+    from stages.quantize.storage import is_variant
 
     run = client.get_run(runs["quantize"])
     metrics = run.data.metrics
-    assert metrics["int8.size_ratio"] <= 0.6 and metrics["int4.size_ratio"] <= 0.4
+    # linear weights quantized, the (tied) embedding kept in fp32: at this size it is most of the model
+    assert metrics["int8.size_ratio"] <= 0.8 and metrics["int4.size_ratio"] <= 0.8
     assert metrics["gguf-q8_0.size_ratio"] < 0.6 and abs(metrics["gguf-q8_0.perplexity_delta"]) < 0.05  # the file, evaluated
     for variant in ("fp32", "int8", "int4"):
         assert {f"{variant}.perplexity", f"{variant}.pass_rate", f"{variant}.latency_ms_per_token_b1",
@@ -382,6 +383,7 @@ def _check_quantize(client: MlflowClient, runs: dict, tmp_path: Path) -> None:
 
     for variant in sorted({chosen, "int8", "int4"}):  # the registered variant and the quantized ones load and generate
         folder = Path(client.download_artifacts(runs["quantize"], variant, str(tmp_path / variant)))
-        model = AutoModelForCausalLM.from_pretrained(folder) if variant == "fp32" else load_quantized(folder)
+        assert is_variant(folder) == (variant != "fp32")  # what vLLM loads with quantization=torchao
+        model = AutoModelForCausalLM.from_pretrained(folder)
         assert model.generate(torch.tensor([[1, 5, 9]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
 
