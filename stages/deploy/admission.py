@@ -143,12 +143,13 @@ class Admission:
                 return {"type": "http.request", "body": raw, "more_body": False}
             return await receive()  # then the client's own: its disconnect aborts the request in vLLM
 
-        return await engine(scope, replay, openai_errors(send))
+        return await engine(scope, replay, openai_errors(send, kind))
 
 
-def openai_error(status: int, content: Any) -> dict[str, Any]:
+def openai_error(status: int, content: Any, kind: str) -> dict[str, Any]:
     """vLLM's error body in OpenAI's shape: ``type`` a kind (not "Bad Request"), ``code`` a string or null (not the
-    HTTP status), ``param`` the request's field (``seed``, not ``body.seed``)."""
+    HTTP status), ``param`` the request's field (``seed``, not ``body.seed``), and OpenAI's
+    ``context_length_exceeded`` on the ``prompt`` or ``messages`` when the model's context is too small."""
     error = content.get("error") if isinstance(content, dict) else None
     if not isinstance(error, dict):
         return error_body(str(content)[:2000], kind="invalid_request_error" if status < 500 else "server_error")
@@ -156,13 +157,15 @@ def openai_error(status: int, content: Any) -> dict[str, Any]:
     if isinstance(param, str):
         param = param.removeprefix("body.") or None
     code = error.get("code")
+    if "maximum context length" in str(error.get("message", "")):
+        param, code = ("messages" if kind == "chat" else "prompt"), "context_length_exceeded"
     kind = {401: "authentication_error", 404: "invalid_request_error"}.get(status)
     kind = kind or ("invalid_request_error" if status < 500 else "server_error")
     return error_body(str(error.get("message", "")), param=param,
                       code=code if isinstance(code, str) else None, kind=kind)
 
 
-def openai_errors(send: Send) -> Send:
+def openai_errors(send: Send, kind: str) -> Send:
     """``send`` that rewrites a JSON error response (status 4xx or 5xx) into OpenAI's shape; the rest passes."""
     start: dict | None = None
     chunks: list[bytes] = []
@@ -184,6 +187,6 @@ def openai_errors(send: Send) -> Send:
             content = json.loads(b"".join(chunks))
         except ValueError:
             content = b"".join(chunks).decode("utf-8", "replace")
-        await send_json(send, start["status"], openai_error(start["status"], content))
+        await send_json(send, start["status"], openai_error(start["status"], content, kind))
 
     return wrapped
