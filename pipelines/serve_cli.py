@@ -38,7 +38,7 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LMFORGE_API_KEY", help="Require Authorization: Bearer KEY.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Largest max_tokens a request may ask for.")] = 256,
     max_num_seqs: Annotated[int, typer.Option("--max-num-seqs", help="vLLM's running batch: sequences decoded together.")] = 64,
-    kv_cache_gib: Annotated[float, typer.Option("--kv-cache-gib", help="KV cache on CPU, GiB (VLLM_CPU_KVCACHE_SPACE).")] = 1.0,
+    kv_cache_gib: Annotated[int, typer.Option("--kv-cache-gib", help="KV cache on CPU, whole GiB (VLLM_CPU_KVCACHE_SPACE).")] = 1,
 ) -> None:
     """Serve a registered model with vLLM on Ray Serve (OpenAI-compatible API) until Ctrl-C.
 

@@ -86,7 +86,7 @@ class LMServer:
 
         from stages.deploy import vllm_engine
 
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.kv_cache_gib:g}")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
         try:
             reason = vllm_engine.unsupported(model_dir, on_gpu=torch.cuda.is_available())
             if reason:

@@ -36,7 +36,7 @@ class ServerConfig(StrictModel):
                                                                   "model's own (max_position_embeddings).")
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = Field(
         None, description="Weights and activations; null = float32 on CPU, bfloat16 on a GPU.")
-    kv_cache_gib: float = Field(1.0, gt=0, description="KV cache on CPU (vLLM's VLLM_CPU_KVCACHE_SPACE), in GiB.")
+    kv_cache_gib: int = Field(1, ge=1, description="KV cache on CPU (vLLM's VLLM_CPU_KVCACHE_SPACE), whole GiB.")
 
 
 class DeployConfig(StageConfig):

@@ -17,7 +17,7 @@ from tests.conftest import free_port, make_tiny_model
 
 pytestmark = pytest.mark.integration
 NAME = "lmforge-test-lm"
-SERVER = ServerConfig(max_tokens=64, max_n=3, max_num_seqs=16, kv_cache_gib=0.5)
+SERVER = ServerConfig(max_tokens=64, max_n=3, max_num_seqs=16, kv_cache_gib=1)
 
 
 @pytest.fixture(scope="module")
