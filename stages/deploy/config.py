@@ -36,6 +36,8 @@ class ServerConfig(StrictModel):
                                                                   "model's own (max_position_embeddings).")
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = Field(
         None, description="Weights and activations; null = float32 on CPU, bfloat16 on a GPU.")
+    startup_timeout_s: float = Field(600, gt=0, description="How long to wait for vLLM's engine to answer /health "
+                                                             "(about 30 s for a small model on 2 idle cores).")
     kv_cache_gib: int = Field(1, ge=1, description="KV cache on CPU (vLLM's VLLM_CPU_KVCACHE_SPACE), whole GiB.")
 
 

@@ -37,9 +37,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def start(model_dir: Path, model_name: str, server: ServerConfig, *, timeout_s: float = 120) -> str:
+def start(model_dir: Path, model_name: str, server: ServerConfig, *, timeout_s: float | None = None) -> str:
     """Deploy the app with ``server``'s settings (``deploy.server``; its port must be set, not 0) and wait for
-    /health; returns the base URL."""
+    /health (``server.startup_timeout_s`` unless ``timeout_s``); returns the base URL."""
     from ray import serve
 
     from stages.core.quiet import quiet_third_party, verbose
@@ -52,6 +52,7 @@ def start(model_dir: Path, model_name: str, server: ServerConfig, *, timeout_s: 
     serve.run(build(model_dir, model_name, server), name=APP_NAME, route_prefix="/", blocking=False,
               logging_config=logs)
     url = f"http://{server.host}:{server.port}"
+    timeout_s = timeout_s or server.startup_timeout_s
     deadline = time.time() + timeout_s
     last = "no answer"
     while time.time() < deadline:

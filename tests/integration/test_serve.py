@@ -28,7 +28,7 @@ def served(tmp_path_factory):
     model_dir = make_tiny_model(tmp_path_factory.mktemp("serve") / "model")
     ensure_ray(num_cpus=2)
     port = free_port()
-    url = serving.start(model_dir, NAME, SERVER.model_copy(update={"port": port}), timeout_s=600)
+    url = serving.start(model_dir, NAME, SERVER.model_copy(update={"port": port}))
     yield {"url": url, "port": port, "model_dir": model_dir}
     serving.stop()
     import ray
@@ -313,7 +313,7 @@ def test_a_model_that_cannot_load_fails_fast_then_the_api_key_when_configured(se
     assert time.time() - started < 90  # the reason came back, not the timeout
 
     ensure_ray(num_cpus=2)
-    url = serving.start(served["model_dir"], NAME, ServerConfig(port=served["port"], api_key="sekret"), timeout_s=600)
+    url = serving.start(served["model_dir"], NAME, ServerConfig(port=served["port"], api_key="sekret"))
     try:
         assert httpx.get(f"{url}/v1/models").status_code == 401
         wrong = httpx.post(f"{url}/v1/completions", json={"model": NAME, "prompt": "x"},
@@ -325,4 +325,4 @@ def test_a_model_that_cannot_load_fails_fast_then_the_api_key_when_configured(se
         assert httpx.get(f"{url}/health").status_code == 200  # health stays open for probes
     finally:
         serving.stop()
-        serving.start(served["model_dir"], NAME, SERVER.model_copy(update={"port": served["port"]}), timeout_s=600)
+        serving.start(served["model_dir"], NAME, SERVER.model_copy(update={"port": served["port"]}))
