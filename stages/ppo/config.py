@@ -59,6 +59,9 @@ class PPOConfig(StageConfig):
     families: Optional[list[str]] = Field(None, description="Train on prompts of these families only; null = all "
                                                              "checkable ones (evaluation always covers all).")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rollout_engine: Literal["vllm", "hf"] = Field(
+        "vllm", description="What generates the rollouts in the policy's actor: vLLM in-process, the policy's weights "
+                            "pushed into it after every update (OpenRLHF's colocate layout), or transformers' generate.")
     ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
     mini_batch_size: int = Field(16, ge=1, description="Answers per gradient step.")
     policy_lr: float = Field(1e-4, gt=0)

@@ -55,12 +55,19 @@ def answer_logprobs(model, inputs: dict[str, torch.Tensor], action_mask: torch.T
 class PolicyRole:
     """SFT weights, trained by PPO; it also generates the rollouts (KV-cache ``generate``)."""
 
-    def __init__(self, model_dir: str, *, num_cpus: float, lr: float, grad_clip: float, temperature: float, seed: int):
+    def __init__(self, model_dir: str, *, num_cpus: float, lr: float, grad_clip: float, temperature: float, seed: int,
+                 rollout_engine: str = "hf", max_model_len: int = 512):
         from stages.alignment.generate import load_policy
 
         self.threads = _threads(num_cpus)
         torch.manual_seed(seed)
         self.model, self.tokenizer = load_policy(Path(model_dir))
+        self.rollouts = None  # vLLM, when it generates: it holds the weights of the last sync
+        self.synced = True
+        if rollout_engine == "vllm":
+            from stages.ppo.vllm_rollouts import VLLMRollouts
+
+            self.rollouts = VLLMRollouts(Path(model_dir), self.tokenizer, seed=seed, max_model_len=max_model_len)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, foreach=False)
         self.grad_clip = grad_clip
         self.temperature = temperature
@@ -71,6 +78,12 @@ class PolicyRole:
         from stages.alignment.generate import generate
 
         self.model.eval()
+        if self.rollouts is not None:
+            if not self.synced:
+                self.rollouts.load_weights(self.model)
+                self.synced = True
+            return self.rollouts.generate(prompts, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                          temperature=temperature or self.temperature, top_p=top_p, seed=seed)
         return generate(self.model, self.tokenizer, prompts, max_new_tokens, batch_size, do_sample=do_sample,
                         temperature=temperature or self.temperature, top_p=top_p, seed=seed)
 
@@ -99,6 +112,7 @@ class PolicyRole:
         out["policy_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                                        self.grad_clip or float("inf")))
         self.optimizer.step()
+        self.synced = False  # vLLM gets the new weights before it generates again
         return out
 
     def _anchor_kl(self, anchor: dict[str, np.ndarray]) -> torch.Tensor:

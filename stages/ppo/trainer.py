@@ -97,7 +97,7 @@ class PPOTrainer:
         a, r = cfg.actors, cfg.rollout
         policy = ray.remote(PolicyRole).options(num_cpus=a.policy).remote(
             sft_dir, num_cpus=a.policy, lr=cfg.policy_lr, grad_clip=cfg.grad_clip, temperature=r.temperature,
-            seed=ctx.seed)
+            seed=ctx.seed, rollout_engine=cfg.rollout_engine)
         critic = ray.remote(CriticRole).options(num_cpus=a.critic).remote(
             rm_dir if cfg.critic_init == "reward" else sft_dir, num_cpus=a.critic, lr=cfg.critic_lr,
             grad_clip=cfg.grad_clip, pad_id=pad_id, seed=ctx.seed)
