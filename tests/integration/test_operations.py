@@ -235,7 +235,7 @@ def test_gc_frees_what_nothing_needs_and_never_a_served_model(ops, tmp_path):
 
     port = free_port()
     server = subprocess.Popen([LMFORGE, "serve", "--model", "models:/lmforge-tiny-lm@production", "--port", str(port),
-                                "--threads", "1"], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                                ], cwd=REPO, text=True, stdout=subprocess.PIPE,
                               stderr=open(tmp_path / "serve.log", "w"), env={**os.environ, **ops["env"]})
     try:
         started = {}

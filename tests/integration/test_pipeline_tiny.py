@@ -291,8 +291,8 @@ def _check_serve_and_generate(version: str) -> None:
     out = run_cli(["generate", "--model", "models:/lmforge-tiny-lm@production", "--prompt", "Hello", "--max-tokens", "4"])
     assert json.loads(out.stderr.strip().splitlines()[-1])["version"] == version
     port = free_port()
-    proc = subprocess.Popen([LMFORGE, "serve", "--model", "models:/lmforge-tiny-lm@production", "--port", str(port),
-                             "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    proc = subprocess.Popen([LMFORGE, "serve", "--model", "models:/lmforge-tiny-lm@production", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
     try:
         started = {}
         for line in proc.stdout:  # Ray may forward worker lines to stdout before the JSON line
