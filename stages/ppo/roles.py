@@ -56,7 +56,7 @@ class PolicyRole:
     """SFT weights, trained by PPO; it also generates the rollouts (KV-cache ``generate``)."""
 
     def __init__(self, model_dir: str, *, num_cpus: float, lr: float, grad_clip: float, temperature: float, seed: int,
-                 rollout_engine: str = "hf", max_model_len: int = 512):
+                 rollout_engine: str = "hf"):
         from stages.alignment.generate import load_policy
 
         self.threads = _threads(num_cpus)
@@ -67,7 +67,7 @@ class PolicyRole:
         if rollout_engine == "vllm":
             from stages.ppo.vllm_rollouts import VLLMRollouts
 
-            self.rollouts = VLLMRollouts(Path(model_dir), self.tokenizer, seed=seed, max_model_len=max_model_len)
+            self.rollouts = VLLMRollouts(Path(model_dir), self.tokenizer, seed=seed)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, foreach=False)
         self.grad_clip = grad_clip
         self.temperature = temperature

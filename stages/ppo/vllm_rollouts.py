@@ -21,7 +21,8 @@ from stages.alignment.generate import Generation, stop_ids
 
 
 class VLLMRollouts:
-    def __init__(self, model_dir: Path, tokenizer, *, seed: int, max_model_len: int, kv_cache_gib: int = 1):
+    def __init__(self, model_dir: Path, tokenizer, *, seed: int, max_model_len: int | None = None,
+                 kv_cache_gib: int = 1):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM
