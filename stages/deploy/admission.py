@@ -17,11 +17,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stages.deploy.protocol import error_body
 
 GENERATION_ROUTES = {"/v1/completions": "completion", "/v1/chat/completions": "chat"}
 OPEN_ROUTES = {"/metrics"}  # Prometheus scrapes without the key, as from vLLM's own server
 KEYED_ROUTES = {"/v1/models", *GENERATION_ROUTES}
+
+
+def error_body(message: str, param: str | None = None, code: str | None = None,
+               kind: str = "invalid_request_error") -> dict[str, Any]:
+    """OpenAI's error shape: what every refusal here, and every error vLLM's app returns, is answered in."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,8 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from stages.deploy.admission import Admission, Rules
+from stages.deploy.admission import Admission, Rules, error_body
 from stages.deploy.config import ServerConfig
-from stages.deploy.protocol import error_body
 
 api = FastAPI(title="lmforge", docs_url=None, redoc_url=None)
 
