@@ -25,6 +25,8 @@ class VLLMRollouts:
                  kv_cache_gib: int = 1):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        # the actor's torch threads are its share of Ray's CPUs: vLLM must not pin its OpenMP threads to every core
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         from vllm import LLM
 
         on_gpu = torch.cuda.is_available()
