@@ -12,7 +12,6 @@ from stages.core import names
 from stages.core.errors import ConfigError
 
 
-
 def experiment_ids(client) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
 
