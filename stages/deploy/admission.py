@@ -21,12 +21,21 @@ from typing import Any
 GENERATION_ROUTES = {"/v1/completions": "completion", "/v1/chat/completions": "chat"}
 OPEN_ROUTES = {"/metrics"}  # Prometheus scrapes without the key, as from vLLM's own server
 KEYED_ROUTES = {"/v1/models", *GENERATION_ROUTES}
+METHODS = {"/v1/models": "GET", "/metrics": "GET", "/v1/completions": "POST", "/v1/chat/completions": "POST"}
+MAX_SEED = 2**63 - 1  # vLLM takes any integer; a negative one is no seed in OpenAI's API, and torch's is 64-bit signed
+CHAT_ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
 def error_body(message: str, param: str | None = None, code: str | None = None,
                kind: str = "invalid_request_error") -> dict[str, Any]:
     """OpenAI's error shape: what every refusal here, and every error vLLM's app returns, is answered in."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def method_not_allowed(method: str, path: str, allowed: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(405, OpenAI's error body, the Allow header): one answer for a wrong method on any route."""
+    body = error_body(f"Method not allowed ({method} {path}); allowed: {allowed or 'none'}", code="method_not_allowed")
+    return 405, body, ({"allow": allowed} if allowed else {})
 
 
 @dataclass(frozen=True)
@@ -74,9 +83,42 @@ def refuse(rules: Rules, raw: bytes, size: int, known: set[str]) -> tuple[int, d
         asked = body.get(field)
         if isinstance(asked, int) and not isinstance(asked, bool) and asked > rules.max_tokens:
             return 400, error_body(f"{field} {asked} is above this server's limit {rules.max_tokens}", param=field)
+    if "max_tokens" in body and "max_completion_tokens" in body and body["max_tokens"] is not None \
+            and body["max_completion_tokens"] is not None:
+        return 400, error_body("set max_completion_tokens or max_tokens (its older name), not both",
+                               param="max_completion_tokens")
     n = body.get("n")
     if isinstance(n, int) and not isinstance(n, bool) and n > rules.max_n:
         return 400, error_body(f"n {n} is above this server's limit {rules.max_n}", param="n")
+    seed = body.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= MAX_SEED:
+        return 400, error_body(f"seed must be between 0 and {MAX_SEED}", param="seed")
+    stop = body.get("stop")
+    if stop == "" or (isinstance(stop, list) and "" in stop):
+        return 400, error_body("stop cannot contain an empty string", param="stop")
+    if "messages" in body:
+        return refuse_messages(body["messages"])
+    return None
+
+
+def refuse_messages(messages: Any) -> tuple[int, dict[str, Any]] | None:
+    """What lmforge's chat route refused before vLLM, and vLLM would serve: a message without a role it knows or
+    without content, and a conversation with nobody to answer (no user message). vLLM's own checks answer the rest."""
+    if not isinstance(messages, list):
+        return None  # vLLM's request model says "Input should be a valid list" with param messages
+    if not messages:
+        return 400, error_body("messages must contain at least one message", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return 400, error_body(f"messages[{i}] must be an object with role and content", param=f"messages.{i}")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            return 400, error_body(f"messages[{i}].role must be one of {sorted(CHAT_ROLES)}, not {role!r}",
+                                   param=f"messages.{i}.role")
+        if message.get("content") is None and not (role == "assistant" and message.get("tool_calls")):
+            return 400, error_body(f"messages[{i}] has no content", param=f"messages.{i}.content")
+    if not any(m.get("role") == "user" for m in messages):
+        return 400, error_body("messages must contain at least one user message", param="messages")
     return None
 
 
@@ -84,10 +126,12 @@ Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
 
-async def send_json(send: Send, status: int, content: dict[str, Any]) -> None:
+async def send_json(send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> None:
     body = json.dumps(content).encode()
+    extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -119,6 +163,9 @@ class Admission:
         path = scope.get("path", "")
         if scope["type"] != "http" or path not in KEYED_ROUTES | OPEN_ROUTES:
             return await self.app(scope, receive, send)
+        if scope.get("method") != METHODS[path]:
+            status, body, headers = method_not_allowed(scope.get("method", ""), path, METHODS[path])
+            return await send_json(send, status, body, headers)
         engine, rules = self.engine(), self.rules()
         if engine is None or rules is None:
             return await send_json(send, *self.not_ready())
@@ -129,7 +176,7 @@ class Admission:
                     "missing or wrong API key (Authorization: Bearer KEY)", code="invalid_api_key",
                     kind="authentication_error"))
         kind = GENERATION_ROUTES.get(path)
-        if kind is None or scope.get("method") != "POST":
+        if kind is None:
             return await engine(scope, receive, send)
         raw, size, connected = await read_body(receive, rules.max_request_bytes)
         if not connected:
@@ -162,6 +209,8 @@ def openai_error(status: int, content: Any, kind: str) -> dict[str, Any]:
     if isinstance(param, str):
         param = param.removeprefix("body.") or None
     code = error.get("code")
+    if kind == "chat" and param == "logprobs" and "logprobs of" in str(error.get("message", "")):
+        param = "top_logprobs"  # chat's count of alternatives is top_logprobs; vLLM names its sampling field
     if "maximum context length" in str(error.get("message", "")):
         param, code = ("messages" if kind == "chat" else "prompt"), "context_length_exceeded"
     kind = {401: "authentication_error", 404: "invalid_request_error"}.get(status)

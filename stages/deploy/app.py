@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from stages.deploy.admission import Admission, Rules, error_body
+from stages.deploy.admission import Admission, Rules, error_body, method_not_allowed
 from stages.deploy.config import ServerConfig
 
 api = FastAPI(title="lmforge", docs_url=None, redoc_url=None)
@@ -57,11 +57,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         return _error(404, f"Invalid URL ({where}): no such route", code="not_found")
     if exc.status_code == 405:
         allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
-        response = _error(405, f"Method not allowed ({where}); allowed: {allowed or 'none'}",
-                          code="method_not_allowed")
-        if allowed:
-            response.headers["allow"] = allowed
-        return response
+        status, body, headers = method_not_allowed(request.method, request.url.path, allowed)
+        return JSONResponse(status_code=status, content=body, headers=headers)
     return _error(exc.status_code, str(exc.detail))
 
 

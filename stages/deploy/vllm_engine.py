@@ -4,7 +4,7 @@ Why vLLM's app and not our own routes over its engine: its OpenAI layer is what 
 vLLM know (logprobs, ``response_format`` with a JSON schema, ``stream_options``, ``n``,
 seeds, prefix caching, Prometheus ``/metrics``, aborting a request whose client left), and
 it is kept in step with the engine by vLLM itself. lmforge puts its own gate in front of it
-(``stages/deploy/gate.py``: the API key, size and token caps, the registered model name,
+(``stages/deploy/admission.py``: the API key, size and token caps, the registered model name,
 fields vLLM would ignore) and serves both from one Ray Serve replica.
 
 Why not Ray Serve LLM's ``build_openai_app``: it runs here on CPU (``accelerator_config:

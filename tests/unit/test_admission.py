@@ -25,11 +25,31 @@ def _refuse(body, kind="completion"):
     ({"model": "m", "prompt": "x", "max_tokens": 65}, 400, "max_tokens"),
     ({"model": "m", "prompt": "x", "n": 4}, 400, "n"),
     ({"model": "m", "prompt": "x", "temprature": 0}, 400, "temprature"),
+    ({"model": "m", "prompt": "x", "seed": -1}, 400, "seed"),
+    ({"model": "m", "prompt": "x", "stop": ["a", ""]}, 400, "stop"),
 ])
 def test_what_never_reaches_the_engine(body, status, param):
     refused = _refuse(body)
     assert refused is not None and refused[0] == status
     assert refused[1]["error"]["param"] == param and refused[1]["error"]["message"]
+
+
+@pytest.mark.parametrize("messages,param", [
+    ([], "messages"),
+    ([{"role": "system", "content": "be brief"}], "messages"),
+    ([{"role": "wizard", "content": "hi"}], "messages.0.role"),
+    ([{"role": "user", "content": "hi"}, {"role": "user"}], "messages.1.content"),
+    (["hi"], "messages.0"),
+])
+def test_chat_messages_nobody_could_answer(messages, param):
+    refused = _refuse({"model": "m", "messages": messages}, "chat")
+    assert refused is not None and refused[0] == 400 and refused[1]["error"]["param"] == param
+
+
+def test_max_tokens_and_its_new_name_together_are_refused():
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "max_completion_tokens": 5}
+    assert _refuse(body, "chat")[1]["error"]["param"] == "max_completion_tokens"
+    assert _refuse({**body, "max_tokens": None}, "chat") is None
 
 
 def test_what_vllm_reads_is_admitted():
@@ -53,3 +73,7 @@ def test_vllm_errors_in_openai_shape():
     assert openai_error(400, context, "chat")["error"]["param"] == "messages"
     assert openai_error(400, context, "completion")["error"]["param"] == "prompt"
     assert openai_error(500, "boom", "chat")["error"]["type"] == "server_error"
+    too_many = {"error": {"message": "Requested sample logprobs of 99, which is greater than max allowed: 20",
+                          "type": "BadRequestError", "param": "logprobs", "code": 400}}
+    assert openai_error(400, too_many, "chat")["error"]["param"] == "top_logprobs"  # chat's name for the count
+    assert openai_error(400, too_many, "completion")["error"]["param"] == "logprobs"
