@@ -59,6 +59,9 @@ def cli_args(model_dir: Path, served_name: str, *, max_model_len: int | None, dt
         args += ["--quantization", "torchao"]
     if not on_gpu:
         args.append("--enforce-eager")  # no graphs to capture on CPU
+        # a seeded request whose prompt is split over two steps fails on CPU in vLLM 0.32 ("CPU Generator does not
+        # use offset": the rewind is CUDA's), and takes the engine down with it: prompts go in whole on CPU
+        args.append("--no-enable-chunked-prefill")
     return args
 
 

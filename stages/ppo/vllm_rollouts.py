@@ -34,7 +34,10 @@ class VLLMRollouts:
         self.stops = stop_ids(tokenizer)
         self.llm = LLM(model=str(model_dir), dtype="bfloat16" if on_gpu else "float32", enforce_eager=not on_gpu,
                        seed=seed, max_model_len=max_model_len, enable_prefix_caching=True,
-                       gpu_memory_utilization=0.3 if on_gpu else 0.9)
+                       gpu_memory_utilization=0.3 if on_gpu else 0.9,
+                       # on CPU a seeded request whose prompt is split over two steps fails in vLLM 0.32 ("CPU
+                       # Generator does not use offset": its rewind is CUDA's): prompts go in whole there
+                       enable_chunked_prefill=on_gpu)
 
     def load_weights(self, model) -> None:
         """The policy's current weights into vLLM; its prefix cache was computed with the old ones."""

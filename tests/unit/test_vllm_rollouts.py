@@ -66,3 +66,14 @@ def test_the_logprobs_of_vllm_samples_are_the_training_models(policy):
                   for d, t in zip(scored.prompt_logprobs[len(sample.prompt_ids):], sample.response_ids)]
         ours = logp[0, len(sample.prompt_ids) - 1:].tolist()
         assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-3
+
+
+def test_a_batch_larger_than_one_step_with_seeded_samples(policy):
+    """PPO's held-out evaluation sends hundreds of seeded prompts at once: more prompt tokens than one engine step
+    takes. On CPU vLLM 0.32 fails on a seeded prompt split over two steps; whole prompts per step do not."""
+    _, tokenizer, rollouts = policy
+    prompts = [PROMPTS[i % 2].replace("apt", f"apt {i}") for i in range(400)]  # ~9k prompt tokens, above 4096
+    out = rollouts.generate(prompts, max_new_tokens=3, do_sample=True, temperature=0.7, top_p=1.0, seed=11)
+    assert len(out) == 400 and all(g.response_ids for g in out)
+    again = rollouts.generate(prompts[:3], max_new_tokens=3, do_sample=True, temperature=0.7, top_p=1.0, seed=11)
+    assert [g.response_ids for g in again] == [g.response_ids for g in out[:3]]  # the seeds still hold
