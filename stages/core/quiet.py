@@ -24,6 +24,7 @@ NOISY_LOGGERS = {
     "torch.distributed.elastic": logging.ERROR,
     "DeepSpeed": logging.ERROR,  # "Setting accelerator to CPU"; op-build chatter
     "mlflow": logging.WARNING, "alembic": logging.WARNING, "urllib3": logging.WARNING, "httpx": logging.WARNING,
+    "httpx2": logging.WARNING,  # the openai client's HTTP layer: one INFO line per request otherwise
     "filelock": logging.WARNING, "trafilatura": logging.WARNING, "htmldate": logging.WARNING,
     "charset_normalizer": logging.WARNING, "matplotlib": logging.WARNING,
     "transformers": logging.ERROR,  # generation-config and loading notes a pipeline cannot act on
