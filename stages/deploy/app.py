@@ -83,6 +83,9 @@ class LMServer:
         from stages.deploy import vllm_engine
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+        # vLLM's default on CPU pins its worker to one core and keeps the others for the front end: on 2 cores that
+        # halved its speed (bench/README.md, serving on vLLM); unbound, its OpenMP threads share the cores
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         try:
             reason = vllm_engine.unsupported(model_dir, on_gpu=torch.cuda.is_available())
             if reason:
