@@ -19,8 +19,7 @@ from typing import Any
 
 
 GENERATION_ROUTES = {"/v1/completions": "completion", "/v1/chat/completions": "chat"}
-OPEN_ROUTES = {"/metrics"}  # Prometheus scrapes without the key, as from vLLM's own server
-KEYED_ROUTES = {"/v1/models", *GENERATION_ROUTES}
+KEYED_ROUTES = {"/v1/models", *GENERATION_ROUTES}  # /metrics is open: Prometheus scrapes without the key, as from vLLM
 METHODS = {"/v1/models": "GET", "/metrics": "GET", "/v1/completions": "POST", "/v1/chat/completions": "POST"}
 MAX_SEED = 2**63 - 1  # vLLM takes any integer; a negative one is no seed in OpenAI's API, and torch's is 64-bit signed
 CHAT_ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -83,8 +82,7 @@ def refuse(rules: Rules, raw: bytes, size: int, known: set[str]) -> tuple[int, d
         asked = body.get(field)
         if isinstance(asked, int) and not isinstance(asked, bool) and asked > rules.max_tokens:
             return 400, error_body(f"{field} {asked} is above this server's limit {rules.max_tokens}", param=field)
-    if "max_tokens" in body and "max_completion_tokens" in body and body["max_tokens"] is not None \
-            and body["max_completion_tokens"] is not None:
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
         return 400, error_body("set max_completion_tokens or max_tokens (its older name), not both",
                                param="max_completion_tokens")
     n = body.get("n")
@@ -161,7 +159,7 @@ class Admission:
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in KEYED_ROUTES | OPEN_ROUTES:
+        if scope["type"] != "http" or path not in METHODS:  # the routes admission guards, and their one method
             return await self.app(scope, receive, send)
         if scope.get("method") != METHODS[path]:
             status, body, headers = method_not_allowed(scope.get("method", ""), path, METHODS[path])
