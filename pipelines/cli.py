@@ -195,7 +195,8 @@ def _dry_run(cfg, until: Optional[str]) -> dict[str, Any]:
     typer.echo("DAG: " + " -> ".join(names))
     for name in names:
         stage = get_stage(name)
-        inputs = ", ".join(f"{k} <- {v}" for k, v in stage.inputs.items()) or "config"
+        inputs = ", ".join(f"{k} <- {v.rstrip('?')}" + (" (when it runs)" if v.endswith("?") else "")
+                           for k, v in stage.inputs.items()) or "config"
         typer.echo(f"  {name}: inputs {inputs}")
     typer.echo("\nResolved config:")
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())

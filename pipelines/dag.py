@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from stages.core.errors import ConfigError
-from stages.registry import dag_order, stage_class
+from stages.registry import choice_values, dag_order, stage_class
 
 
 def chosen(name: str, choices: Mapping[str, Any]) -> bool:
     """Whether a stage runs under these pipeline-section values (``runs_when``: e.g. ``alignment: dpo``)."""
-    return all(str(choices.get(key)) == value for key, value in stage_class(name).runs_when.items())
+    defaults = {key: values[0] for key, values in choice_values().items()}  # a run logged before the key existed
+    return all(str(choices.get(key, defaults[key])) == value for key, value in stage_class(name).runs_when.items())
 
 
 def stages_to_run(until: str | None, choices: Mapping[str, Any]) -> list[str]:

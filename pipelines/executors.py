@@ -23,7 +23,7 @@ import yaml
 from stages.core import names
 from pipelines.config import PipelineConfig
 from stages.core.contract import Stage, StageInput
-from stages.core.lineage import upstream_input
+from stages.core.lineage import upstream_inputs, wired
 from stages.core.errors import StageError
 from stages.core.manifest import read_manifest
 from stages.core.paths import data_dir, lmforge_home, work_root
@@ -39,7 +39,7 @@ class InlineExecutor:
     parent_run_id: str | None
 
     def inputs_for(self, stage: Stage, stage_runs: dict[str, str]) -> dict[str, StageInput]:
-        return {name: upstream_input(self.tracker, name, spec, stage_runs) for name, spec in stage.inputs.items()}
+        return upstream_inputs(self.tracker, stage, stage_runs)
 
     def run(self, name: str, stage_runs: dict[str, str], reuse: bool = True) -> StageRun:
         stage = get_stage(name)
@@ -81,7 +81,7 @@ class RayJobExecutor:
         python = self.config.engines.ray_job.python or sys.executable
         args = [python, "-m", "stages", name, "--config", "pipeline.yaml", "--output", str(output),
                 "--parent-run", self.parent_run_id, "--submission-id", submission_id]
-        for choices in sorted({spec.partition(":")[0] for spec in stage.inputs.values()}):
+        for choices in sorted({spec.partition(":")[0] for spec in wired(stage, stage_runs).values()}):
             up = next((u for u in choices.split("|") if u in stage_runs), None)  # "ppo|dpo": the path that ran
             if up is None:
                 raise StageError(f"{name} needs stage '{' or '.join(choices.split('|'))}', which has not run in "

@@ -89,14 +89,14 @@ def run_standalone(name: str, inputs: list[str], output: Path, config_path: Opti
     tracking = None
     if parent_run:
         # a pipeline's stage run (the ray-job executor): inputs from upstream runs, tracked
-        from stages.core.lineage import upstream_input
+        from stages.core.lineage import upstream_inputs
         from stages.core.tracking import Tracker
 
         if inputs:
             raise ConfigError("--parent-run takes its inputs from --upstream runs, not --input paths")
         tracker = Tracker(pipeline_name, tracking_uri)
         runs = parse_upstream(upstream or [])
-        resolved = {n: upstream_input(tracker, n, spec, runs) for n, spec in stage.inputs.items()}
+        resolved = upstream_inputs(tracker, stage, runs)
         extra = {names.TAG_RAY_SUBMISSION: submission_id} if submission_id else {}
         tracking = Tracking(tracker, parent_run_id=parent_run, reuse=reuse, extra_tags=extra)
     else:

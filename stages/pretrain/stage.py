@@ -74,6 +74,7 @@ class PretrainStage(Stage[PretrainConfig]):
                Figure("final_loss", "lower"), Figure("first_val_loss", "lower"),
                Figure("val_loss_minus_unigram", "lower"), Figure("save_max_abs_logit_diff", "lower"))
     model_kinds = ("lm",)
+    runs_when = {"base": "pretrain"}
     dashboard = Dashboard(curves={"Pretraining: training and validation loss": ("loss", "val_loss")})
     inputs = {"tokens": "tokenize:tokens", "tokenizer": "tokenize:tokenizer"}
 

@@ -30,7 +30,8 @@ class RewardStage(Stage[RewardConfig]):
 
     @classmethod
     def check_pipeline(cls, config) -> None:
-        if config.reward.lm_coef and not config.pretrain.model.tie_embeddings:
+        pretrained_here = getattr(config.pipeline, "base", "pretrain") == "pretrain"  # an import's head is its own
+        if config.reward.lm_coef and pretrained_here and not config.pretrain.model.tie_embeddings:
             raise ValueError("reward.lm_coef trains the backbone's tied LM head, but pretrain.model.tie_embeddings is "
                              "false: set one of them (reward.lm_coef: 0 or tie_embeddings: true)")
 

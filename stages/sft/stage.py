@@ -23,7 +23,7 @@ class SFTStage(Stage[SFTConfig]):
     model_kinds = ("lm",)
     dashboard = Dashboard(curves={"SFT / DPO: loss on responses": ("loss", "heldout_loss")},
                           pass_rates=("base", "sft"))
-    inputs = {"model": "pretrain:model", "train": "align_data:sft_train", "heldout": "align_data:sft_heldout"}
+    inputs = {"model": "pretrain|import_model:model", "train": "align_data:sft_train", "heldout": "align_data:sft_heldout"}
     registered_defaults = {"model": ("lm", names.latest_of("pretrain"))}
 
     def run(self, ctx: StageContext[SFTConfig]) -> StageResult:

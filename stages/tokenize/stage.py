@@ -139,8 +139,8 @@ class TokenizeStage(Stage[TokenizeConfig]):
     model_kinds = ("tokenizer",)
     dashboard = Dashboard(quarantines=True,
                           funnel=FunnelStep(docs=("train_docs", "val_docs"), tokens="train_tokens"))
-    inputs = {"docs": "quality:docs"}
-    optional_inputs = frozenset({"tokenizer"})
+    # an imported base model's tokenizer when import_model runs (pipeline.base: import); else trained here
+    inputs = {"docs": "quality:docs", "tokenizer": "import_model:tokenizer?"}
 
     def config_inputs(self, config: TokenizeConfig, seed: int) -> dict[str, StageInput]:
         if config.tokenizer.path is None:

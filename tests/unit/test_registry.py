@@ -16,8 +16,23 @@ def test_the_built_in_dag_comes_from_the_inputs():
     for name in order:
         for up in registry.stage_class(name).upstream():
             assert order.index(up) < order.index(name), (up, name)
-    assert order == ("ingest", "dedup", "quality", "tokenize", "pretrain", "align_data", "sft", "reward", "ppo",
-                     "dpo", "quantize", "deploy")
+    assert order == ("ingest", "dedup", "quality", "import_model", "tokenize", "pretrain", "align_data", "sft",
+                     "reward", "ppo", "dpo", "quantize", "deploy")
+
+
+def test_an_imported_base_model_takes_pretrainings_place_and_lends_tokenize_its_tokenizer():
+    """pipeline.base: import runs import_model instead of pretrain; tokenize's "?" input is wired only then."""
+    from stages.core.lineage import wired
+
+    imported = stages_to_run(None, {"alignment": "ppo", "base": "import"})
+    assert "pretrain" not in imported and imported.index("import_model") < imported.index("tokenize")
+    assert stages_to_run("sft", {"alignment": "ppo", "base": "import"}) == [
+        "ingest", "dedup", "quality", "import_model", "tokenize", "align_data", "sft"]
+    assert "import_model" not in stages_to_run(None, {"alignment": "ppo", "base": "pretrain"})
+    tokenize = registry.stage_class("tokenize")
+    assert set(wired(tokenize, {"quality": "q", "import_model": "i"})) == {"docs", "tokenizer"}
+    assert set(wired(tokenize, {"quality": "q"})) == {"docs"}
+    assert tokenize.required_inputs() == {"docs"}
 
 
 def test_until_runs_a_stage_and_what_it_reads_from_only():
