@@ -8,6 +8,7 @@ from typing import Optional
 
 from pydantic import Field, model_validator
 
+from stages.alignment.lora import LoraSettings
 from stages.core.configuration import StrictModel
 from stages.core.contract import StageConfig
 from stages.pretrain.config import DistributedConfig, OptimConfig
@@ -43,6 +44,17 @@ class AlignTrainConfig(StageConfig):
     ema_decay: Optional[float] = Field(
         None, gt=0, lt=1, description="Save an exponential moving average of the weights (this decay per "
         "optimizer step, fp32) instead of the last ones; null = off. Not with ZeRO-3 (sharded weights).")
+
+    lora: Optional[LoraSettings] = Field(
+        None, description="Train LoRA adapters (peft) instead of every weight; the merged model is what is saved. "
+                          "null = full fine-tuning.")
+
+    @model_validator(mode="after")
+    def _lora_needs_whole_weights(self):
+        if self.lora is not None and self.distributed.zero_stage == 3:
+            raise ValueError("lora merges its adapters into whole weights at the end: use distributed.zero_stage <= 2 "
+                             "(the frozen base is small beside full fine-tuning's optimizer state anyway)")
+        return self
 
     @model_validator(mode="after")
     def _ema_needs_whole_weights(self):

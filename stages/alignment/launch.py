@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.core import names
+from stages.alignment.lora import ADAPTER_DIR, check_targets
 from stages.alignment.trainer import MARKER, MODEL_DIR, TRAIN_LOG, train_worker
 from stages.core.contract import StageContext
 from stages.core.errors import ConfigError, StageError
@@ -33,6 +34,8 @@ def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Pa
 
     cfg = ctx.config
     check_batch(ctx.stage, cfg)
+    if cfg.lora is not None:
+        check_targets(model_dir, cfg.lora, f"{ctx.stage}.lora.target_modules")
     train_env(ctx.ray_address)
     ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
     dist = cfg.distributed
@@ -59,8 +62,21 @@ def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Pa
             raise StageError(f"{ctx.stage}: the last checkpoint is not the final model")
         shutil.copytree(final / MODEL_DIR, out / MODEL_DIR)
         shutil.copy2(final / TRAIN_LOG, out / TRAIN_LOG)
+        if (final / ADAPTER_DIR).is_dir():
+            shutil.copytree(final / ADAPTER_DIR, out / ADAPTER_DIR)
     shutil.rmtree(storage / name, ignore_errors=True)
     return [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
+
+
+def parameter_figures(history: list[dict[str, Any]]) -> dict[str, float]:
+    """How many parameters trained (all of them, or a LoRA adapter's) and how many the model has."""
+    first = next((h for h in history if "trainable_parameters" in h), {})
+    return {k: first[k] for k in ("trainable_parameters", "parameters") if k in first}
+
+
+def model_outputs(output_dir: Path) -> dict[str, str]:
+    """The model folder, and the LoRA adapter it was merged from when there is one."""
+    return {"model": f"{MODEL_DIR}/", **({"adapter": f"{ADAPTER_DIR}/"} if (output_dir / ADAPTER_DIR).is_dir() else {})}
 
 
 def register_policy(tracker, run_id: str, output_dir: Path, pipeline_name: str, alias: str) -> dict[str, str]:

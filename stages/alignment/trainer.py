@@ -48,6 +48,7 @@ def train_worker(job: dict[str, Any]) -> None:
     from ray.train import Checkpoint
     from transformers import AutoTokenizer
 
+    from stages.alignment import lora
     from stages.alignment.data import read_rows
     from stages.alignment.recipes import RECIPES
     from stages.alignment.weight_average import WeightAverage
@@ -74,6 +75,9 @@ def train_worker(job: dict[str, Any]) -> None:
     sampler = StepSampler(len(train_items), global_batch, job["seed"])
 
     model = load_model(job["model_dir"], recipe.model_kind, pad_id).to(device)
+    if cfg.lora is not None:
+        model = lora.wrap(model, cfg.lora, recipe.model_kind)
+    trained, total = lora.trainable(model)
     extra_train = recipe.prepare(model, train_items, device, micro)
     extra_eval = recipe.prepare(model, eval_items, device, micro)
     optimizer, scheduler = make_optimizer(model, cfg.optim, steps)
@@ -84,7 +88,9 @@ def train_worker(job: dict[str, Any]) -> None:
     if rank == 0:
         print(f"{stage}: {len(train_items)} train / {len(eval_items)} held-out items, {steps} steps of {global_batch} "
               f"(micro {micro} x accum {accum} x {world} worker(s) on {device.type}), ZeRO-"
-              f"{cfg.distributed.zero_stage}", file=sys.stderr, flush=True)
+              f"{cfg.distributed.zero_stage}; training {trained:,} of {total:,} parameters"
+              f"{' (LoRA r=%d)' % cfg.lora.r if cfg.lora else ''}", file=sys.stderr, flush=True)
+        logger.log(0, {"trainable_parameters": float(trained), "parameters": float(total)})
 
     def reduce(sums: torch.Tensor) -> torch.Tensor:
         sums = sums.to(device)
@@ -151,6 +157,9 @@ def train_worker(job: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         if rank == 0:
             module = engine.module
+            if lora.is_adapted(module):  # the adapter as trained, then the model with it merged in
+                module.save_pretrained(str(Path(folder) / lora.ADAPTER_DIR))
+                module = lora.merged(module)
             if state is None:
                 state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
             out = Path(folder) / MODEL_DIR

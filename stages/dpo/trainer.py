@@ -99,6 +99,7 @@ class DPOTrainer:
         if evals:
             metrics["heldout_pair_accuracy"] = evals[-1]["heldout_accuracy"]
             metrics["heldout_loss"] = evals[-1]["heldout_loss"]
+        metrics.update(launch.parameter_figures(history))
         write_heldout(ctx.output_dir, rows, {"sft": before["answers"], "dpo": after["answers"]},
                       {"sft": before["verdicts"], "dpo": after["verdicts"]}, cfg.eval.samples_logged)
         ctx.log.info("dpo: held-out pair accuracy %.3f; pass rate %.3f -> %.3f (gain %.3f, 95%% CI %.3f..%.3f); "
@@ -108,7 +109,7 @@ class DPOTrainer:
         return StageResult(counts={"heldout_prompts": len(rows), "steps": max((h["step"] for h in history), default=0)},
                            metrics=metrics, details={"before": before["figures"], "after": after["figures"],
                                                      "pass_gain": gain, "sampled_pass_gain": sampled_gain},
-                           outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "samples": SAMPLES,
+                           outputs={**launch.model_outputs(ctx.output_dir), "train_log": TRAIN_LOG, "samples": SAMPLES,
                                     "heldout_eval": EVAL_FILE})
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:

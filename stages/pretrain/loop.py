@@ -49,8 +49,9 @@ def make_optimizer(model, optim, max_steps: int):
     stage and for the bare-loop baseline in bench/pretrain_bench.py."""
     import torch
 
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    params = [p for p in model.parameters() if p.requires_grad]  # a LoRA model's frozen base stays out
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=optim.lr, betas=(optim.beta1, optim.beta2), fused=False, foreach=False)

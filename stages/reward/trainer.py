@@ -90,6 +90,7 @@ class RewardTrainer:
         evals = [h for h in history if "heldout_accuracy" in h]
         if evals:
             metrics["heldout_loss"] = evals[-1]["heldout_loss"]
+        metrics.update(launch.parameter_figures(history))
         ctx.log.info("reward: held-out pairwise accuracy %.3f %s; Spearman(reward, checker) %.3f on %d sampled "
                      "answers (pass rate %.3f)", metrics["pairwise_accuracy"],
                      {f: round(np.mean(v), 3) for f, v in sorted(by_family.items())},
@@ -99,7 +100,7 @@ class RewardTrainer:
                                    "steps": max((h["step"] for h in history), default=0)},
                            metrics=metrics,
                            details={"pairwise_accuracy_by_family": {f: float(np.mean(v)) for f, v in by_family.items()}},
-                           outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "sampled_scores": SAMPLED,
+                           outputs={**launch.model_outputs(ctx.output_dir), "train_log": TRAIN_LOG, "sampled_scores": SAMPLED,
                                     "train_pairs": TRAIN_PAIRS})
 
     @staticmethod

@@ -59,6 +59,7 @@ class SFTTrainer:
         if evals:
             metrics["heldout_loss_start"] = evals[0]["heldout_loss"]
             metrics["heldout_loss"] = evals[-1]["heldout_loss"]
+        metrics.update(launch.parameter_figures(history))
         ctx.log.info("sft: held-out loss %.3f -> %.3f; pass rate base %.3f -> sft %.3f (gain %.3f, 95%% CI %.3f..%.3f)",
                      metrics.get("heldout_loss_start", float("nan")), metrics.get("heldout_loss", float("nan")),
                      figures["base"].get("pass_rate", 0), figures["sft"].get("pass_rate", 0), gain["mean"],
@@ -66,7 +67,8 @@ class SFTTrainer:
         return StageResult(
             counts={"heldout_prompts": len(rows), "steps": max((h["step"] for h in history), default=0)},
             metrics=metrics, details={"pass_rates": figures, "sft_minus_base": gain},
-            outputs={"model": f"{MODEL_DIR}/", "train_log": TRAIN_LOG, "samples": SAMPLES, "heldout_eval": EVAL_FILE})
+            outputs={**launch.model_outputs(ctx.output_dir), "train_log": TRAIN_LOG, "samples": SAMPLES,
+                     "heldout_eval": EVAL_FILE})
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         return launch.register_policy(tracker, run_id, output_dir, pipeline_name, names.latest_of("sft"))

@@ -1,0 +1,80 @@
+"""LoRA adapters (peft) for the alignment stages: a real base model (SmolLM2's 135M
+parameters) is too large to fine-tune whole on a few CPU cores, and its users expect
+adapters. Only the adapter trains; the reference model a KL needs is the same model with
+its adapters switched off (``peft``'s ``disable_adapter``), not a second copy. What a stage
+registers, quantizes and serves is the merged model; the adapter is kept beside it as an
+artifact.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+from pydantic import Field
+
+from stages.core.configuration import StrictModel
+from stages.core.errors import ConfigError
+
+ADAPTER_DIR = "adapter"
+LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(8, ge=1, description="Adapter rank.")
+    alpha: float = Field(16.0, gt=0, description="Scale: the update is (alpha / r) * B @ A.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[str] = Field(default_factory=lambda: list(LLAMA_LINEAR), min_length=1,
+                                      description="Names of the linear layers that get adapters (module name ends).")
+
+
+def module_names(model_dir: Path) -> set[str]:
+    """The last name part of every module of the model in ``model_dir``, built on the meta device (no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+
+
+def check_targets(model_dir: Path, settings: LoraSettings, field: str) -> None:
+    """Every target module exists in this model: else a one-line error naming ``field``."""
+    present = module_names(model_dir)
+    missing = [t for t in settings.target_modules if t not in present]
+    if missing:
+        linear = sorted(n for n in present if n.endswith("proj") or n in ("fc1", "fc2", "c_attn", "c_proj"))
+        raise ConfigError(f"{field}: {missing} not found in the model at {model_dir}; its projection layers are "
+                          f"{linear or sorted(present)[:12]}")
+
+
+def wrap(model, settings: LoraSettings, kind: str):
+    """``model`` with adapters on ``target_modules``; everything else frozen (a reward model's score head trains)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task = TaskType.SEQ_CLS if kind == "score" else TaskType.CAUSAL_LM
+    config = LoraConfig(task_type=task, r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.target_modules))
+    return get_peft_model(model, config)
+
+
+def trainable(model) -> tuple[int, int]:
+    """(trainable, all) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def is_adapted(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def reference(model):
+    """A context in which ``model`` computes as its base (adapters off); a plain model as itself."""
+    return model.disable_adapter() if is_adapted(model) else nullcontext()
+
+
+def merged(model):
+    """The plain transformers model with the adapters folded into its weights (what is saved and served)."""
+    return model.merge_and_unload() if is_adapted(model) else model
+
