@@ -30,7 +30,7 @@ from pipelines.config import PipelineConfig, from_dict, load_config
 from pipelines.executors import InlineExecutor, RayJobExecutor
 from pipelines.dag import stages_to_run, upstream_in_run
 from pipelines.rerun import CONFIG_ARTIFACT, RunPlan, plan_rerun
-from stages.core.errors import (CANCEL_REQUESTED, Cancelled, LmforgeError, StageError, cancel_requested,
+from stages.core.errors import (CANCEL_REQUESTED, Cancelled, ConfigError, LmforgeError, StageError, cancel_requested,
                                  raise_if_cancel_requested)
 from stages.core.tracking import Tracker, ui_link
 
@@ -275,8 +275,9 @@ def pipeline_flow(config: dict[str, Any] | None = None, until: str | None = None
             tracker.finish(parent, "KILLED")
         else:
             tracker.fail(parent, message)
-        raise PipelineFailed(message, {**summary, "failed_stage": failed},
-                             Cancelled.exit_code if cancelled else 1, cancelled=cancelled) from error
+        # a stage that refused its config (a LoRA target its model lacks) exits 2, like a config refused up front
+        code = Cancelled.exit_code if cancelled else ConfigError.exit_code if isinstance(error, ConfigError) else 1
+        raise PipelineFailed(message, {**summary, "failed_stage": failed}, code, cancelled=cancelled) from error
     try:
         tracker.finish(parent)
     except Cancelled:  # every stage had finished: the cancel came too late, the run is done

@@ -78,3 +78,21 @@ def merged(model):
     """The plain transformers model with the adapters folded into its weights (what is saved and served)."""
     return model.merge_and_unload() if is_adapted(model) else model
 
+
+
+def plain_state_dict(model) -> dict:
+    """The weights as the plain model has them, adapters folded in, computed beside the live model (nothing is
+    merged in place, so training goes on): what vLLM's rollout engine and the saved model receive."""
+    if not is_adapted(model):
+        return {k: v.detach() for k, v in model.state_dict().items()}
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    state = {k.replace(".base_layer.", "."): v.detach() for k, v in base.state_dict().items() if "lora_" not in k}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and module.active_adapters:
+            weight = module.get_base_layer().weight.detach()
+            for adapter in module.active_adapters:
+                weight = weight + module.get_delta_weight(adapter).detach()
+            state[f"{name}.weight"] = weight
+    return state

@@ -115,3 +115,22 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     """Clipped value loss: the worse of the raw and the clipped-to-old prediction."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def group_advantages(rewards: torch.Tensor, group: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantage (DeepSeekMath, Shao et al. 2024): each answer's reward minus the mean of its
+    prompt's ``group`` answers (adjacent rows), divided by their standard deviation when ``scale`` (Dr. GRPO,
+    Liu et al. 2025, leaves it out: it up-weights prompts whose answers barely differ). A group whose answers
+    all scored the same gets 0: there is nothing to learn from it."""
+    grouped = rewards.reshape(-1, group)
+    centered = grouped - grouped.mean(1, keepdim=True)
+    if scale:
+        centered = centered / (grouped.std(1, keepdim=True, unbiased=False) + eps)
+    return centered.reshape(rewards.shape)
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(policy || reference) by Schulman's k3 estimator, exp(r) - r - 1 with r = ref - policy
+    log-prob of the sampled token: unbiased, never negative, and differentiable in the policy (GRPO's choice)."""
+    r = ref_logprobs - logprobs
+    return torch.exp(r) - r - 1

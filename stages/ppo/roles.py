@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.alignment.objectives import policy_loss, value_loss
+from stages.alignment import lora
+from stages.alignment.objectives import k3_kl, masked_mean, policy_loss, value_loss
 
 
 def _threads(num_cpus: float) -> int:
@@ -56,19 +57,22 @@ class PolicyRole:
     """SFT weights, trained by PPO; it also generates the rollouts (KV-cache ``generate``)."""
 
     def __init__(self, model_dir: str, *, num_cpus: float, lr: float, grad_clip: float, temperature: float, seed: int,
-                 rollout_engine: str = "hf"):
+                 rollout_engine: str = "hf", lora_settings: dict | None = None):
         from stages.alignment.generate import load_policy
 
         self.threads = _threads(num_cpus)
         torch.manual_seed(seed)
         self.model, self.tokenizer = load_policy(Path(model_dir))
+        if lora_settings is not None:  # only the adapter trains; adapters off, the model is its own reference
+            self.model = lora.wrap(self.model, lora.LoraSettings(**lora_settings), "causal")
         self.rollouts = None  # vLLM, when it generates: it holds the weights of the last sync
         self.synced = True
         if rollout_engine == "vllm":
             from stages.ppo.vllm_rollouts import VLLMRollouts
 
             self.rollouts = VLLMRollouts(Path(model_dir), self.tokenizer, seed=seed)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, foreach=False)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=lr,
+                                           weight_decay=0.0, foreach=False)
         self.grad_clip = grad_clip
         self.temperature = temperature
         self.frozen = None  # the starting weights, for the anchor term (see train_step)
@@ -80,7 +84,7 @@ class PolicyRole:
         self.model.eval()
         if self.rollouts is not None:
             if not self.synced:
-                self.rollouts.load_weights(self.model)
+                self.rollouts.load_weights(lora.plain_state_dict(self.model))
                 self.synced = True
             return self.rollouts.generate(prompts, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                           temperature=temperature or self.temperature, top_p=top_p, seed=seed)
@@ -93,8 +97,18 @@ class PolicyRole:
         return answer_logprobs(self.model, _inputs(batch), _t(batch["action_mask"]),
                                temperature or self.temperature).numpy()
 
+    @torch.no_grad()
+    def reference_logprobs(self, batch: dict[str, np.ndarray], temperature: float | None = None) -> np.ndarray:
+        """The reference's log-probs when the policy is a LoRA model: the same weights with the adapters off."""
+        self.model.eval()
+        with lora.reference(self.model):
+            return answer_logprobs(self.model, _inputs(batch), _t(batch["action_mask"]),
+                                   temperature or self.temperature).numpy()
+
     def train_step(self, batch: dict[str, np.ndarray], clip: float, anchor: dict[str, np.ndarray] | None = None,
-                   anchor_coef: float = 0.0) -> dict[str, float]:
+                   anchor_coef: float = 0.0, kl_coef: float = 0.0) -> dict[str, float]:
+        """One clipped-surrogate step on ``batch`` (with ``kl_coef``: plus the k3 KL to ``ref_logprobs`` in the
+        loss, GRPO's form; PPO puts its KL into the rewards instead)."""
         self.model.train()
         inputs = _inputs(batch)
         mask = _t(batch["action_mask"])
@@ -103,14 +117,18 @@ class PolicyRole:
                                                  _t(batch["advantages"]), mask, clip)
         out = {"policy_loss": float(loss.detach()), "ppo_clip_ratio": float(clip_frac), "ppo_kl": float(approx_kl),
                "entropy": float(entropy)}
+        if kl_coef > 0:
+            kl = masked_mean(k3_kl(logprobs, _t(batch["ref_logprobs"])), mask)
+            loss = loss + kl_coef * kl
+            out["kl_loss"] = float(kl.detach())
         if anchor is not None and anchor_coef > 0:
             anchor_kl = self._anchor_kl(anchor)
             loss = loss + anchor_coef * anchor_kl
             out["anchor_kl"] = float(anchor_kl.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        out["policy_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                                       self.grad_clip or float("inf")))
+        out["policy_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.grad_clip or float("inf")))
         self.optimizer.step()
         self.synced = False  # vLLM gets the new weights before it generates again
         return out
@@ -133,7 +151,8 @@ class PolicyRole:
         return F.kl_div(torch.log_softmax(logits, dim=-1), target, log_target=True, reduction="batchmean")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        """The plain model's weights (a LoRA policy's adapters folded in)."""
+        return {k: v.clone() for k, v in lora.plain_state_dict(self.model).items()}
 
 
 class ReferenceRole:

@@ -39,9 +39,10 @@ class VLLMRollouts:
                        # Generator does not use offset": its rewind is CUDA's): prompts go in whole there
                        enable_chunked_prefill=on_gpu)
 
-    def load_weights(self, model) -> None:
-        """The policy's current weights into vLLM; its prefix cache was computed with the old ones."""
-        weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """The policy's current weights (the plain model's names) into vLLM; its prefix cache was computed with the
+        old ones."""
+        weights = list(state.items())
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
 

@@ -92,3 +92,17 @@ def test_lora_with_zero3_is_refused_in_the_config():
     with pytest.raises(ValueError, match="zero_stage <= 2"):
         SFTConfig.model_validate({"lora": {"r": 4}, "distributed": {"zero_stage": 3}})
     assert SFTConfig.model_validate({"lora": {"r": 4}}).lora.target_modules == lora.LLAMA_LINEAR
+
+
+def test_the_plain_state_of_an_adapted_model_is_the_merged_models_without_merging():
+    model = lora.wrap(_model(), LoraSettings(r=4, dropout=0.0), "causal")
+    _train(model)
+    model.eval()
+    state = lora.plain_state_dict(model)
+    assert set(state) == set(_model().state_dict())
+    ids = torch.tensor([[3, 9, 27, 5, 11]])
+    adapted = model(ids).logits
+    plain = _model()
+    plain.load_state_dict(state)
+    assert (plain.eval()(ids).logits - adapted).abs().max() < 1e-5
+    assert lora.is_adapted(model) and torch.equal(model(ids).logits, adapted)  # the live model is untouched

@@ -39,9 +39,33 @@ def test_weights_pushed_after_an_update_reach_vllm(policy):
         generator = torch.Generator().manual_seed(1)
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    rollouts.load_weights(model)
+    rollouts.load_weights(model.state_dict())
     hf_after, vllm_after, _ = _greedy(model, tokenizer, rollouts)
     assert vllm_after == hf_after and vllm_after != vllm_before
+
+
+def test_a_lora_policys_weights_reach_vllm_with_the_adapter_folded_in(policy):
+    """A LoRA policy's update is in its adapter only: vLLM gets the plain weights with it folded in (no merge in
+    place) and answers as the adapted policy does; with the adapters off, the policy answers as before."""
+    import copy
+
+    from stages.alignment import lora
+
+    base, tokenizer, rollouts = policy
+    rollouts.load_weights(base.state_dict())
+    hf_base, _, _ = _greedy(base, tokenizer, rollouts)
+    adapted = lora.wrap(copy.deepcopy(base), lora.LoraSettings(r=4, dropout=0.0), "causal").eval()
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(2)
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    rollouts.load_weights(lora.plain_state_dict(adapted))
+    hf_adapted, vllm_adapted, _ = _greedy(adapted, tokenizer, rollouts)
+    assert vllm_adapted == hf_adapted and hf_adapted != hf_base
+    with lora.reference(adapted):
+        assert _greedy(adapted, tokenizer, rollouts)[0] == hf_base
+    rollouts.load_weights(base.state_dict())
 
 
 def test_the_logprobs_of_vllm_samples_are_the_training_models(policy):
