@@ -30,6 +30,7 @@ BUILTIN_STAGES = (
     "stages.reward.stage:RewardStage",
     "stages.ppo.stage:PPOStage",
     "stages.dpo.stage:DPOStage",
+    "stages.grpo.stage:GRPOStage",
     "stages.quantize.stage:QuantizeStage",
     "stages.deploy.stage:DeployStage",
 )

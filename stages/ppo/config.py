@@ -8,6 +8,8 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from stages.alignment.config import GenerationConfig
+from stages.alignment.lora import LoraSettings
+from stages.alignment.rewards import RewardMix
 from stages.core.configuration import StrictModel
 from stages.core.contract import StageConfig
 
@@ -82,6 +84,11 @@ class PPOConfig(StageConfig):
     anchor_batch_size: int = Field(16, ge=1, description="Anchor examples per policy mini-batch.")
     critic_init: Literal["reward", "sft"] = Field("reward", description="Critic backbone and head: the reward model, "
                                                                         "or SFT with a fresh value head.")
+    rewards: RewardMix = Field(default_factory=lambda: RewardMix(checker=0.0, model=1.0),
+                               description="What each rollout answer's score is: the reward model's (the default), the "
+                                           "checkers' verdict, a format term, or a weighted sum (as grpo.rewards).")
+    lora: Optional[LoraSettings] = Field(None, description="Train the policy's LoRA adapters only (the critic stays "
+                                                           "whole). null = every weight.")
     actors: ActorResources = Field(default_factory=ActorResources)
     log_every: int = Field(1, ge=1)
     eval: PPOEvalConfig = Field(default_factory=PPOEvalConfig)

@@ -150,6 +150,16 @@ class PolicyRole:
             target = torch.log_softmax(answer_logits(self.frozen, inputs, mask), dim=-1)
         return F.kl_div(torch.log_softmax(logits, dim=-1), target, log_target=True, reduction="batchmean")
 
+    def adapter_files(self) -> dict[str, bytes]:
+        """A LoRA policy's adapter as peft saves it (file name -> content; empty for full fine-tuning)."""
+        import tempfile
+
+        if not lora.is_adapted(self.model):
+            return {}
+        with tempfile.TemporaryDirectory() as folder:
+            self.model.save_pretrained(folder)
+            return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The plain model's weights (a LoRA policy's adapters folded in)."""
         return {k: v.clone() for k, v in lora.plain_state_dict(self.model).items()}

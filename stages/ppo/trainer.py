@@ -18,7 +18,9 @@ from stages.alignment.data import read_rows
 from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gains, paired_difference, pass_rates, verdict,
                                        write_heldout)
 from stages.alignment.generate import Generation, teacher_forced
+from stages.alignment.lora import ADAPTER_DIR, check_targets
 from stages.alignment.objectives import gae, leave_one_out, masked_mean, masked_whiten, shaped_rewards
+from stages.alignment.rewards import mixed
 from stages.alignment.trainer import MODEL_DIR, copy_tokenizer_files
 from stages.core.contract import StageContext, StageResult
 from stages.core.errors import StageError
@@ -35,8 +37,13 @@ class Roles:
 
     policy: Any
     critic: Any
-    reference: Any
+    reference: Any  # None for a LoRA policy: it is its own reference with the adapters off
     reward: Any
+
+    def reference_logprobs(self, batch, temperature: float | None = None):
+        if self.reference is None:
+            return self.policy.reference_logprobs.remote(batch, temperature)
+        return self.reference.logprobs.remote(batch, temperature)
 
 
 def rollout_seed(seed: int, step: int) -> int:
@@ -95,14 +102,16 @@ class PPOTrainer:
         pad_id = tokenizer.pad_token_id
         anchors = self._anchors(ctx, cfg, tokenizer)
         a, r = cfg.actors, cfg.rollout
+        if cfg.lora is not None:
+            check_targets(Path(sft_dir), cfg.lora, "ppo.lora.target_modules")
         policy = ray.remote(PolicyRole).options(num_cpus=a.policy).remote(
             sft_dir, num_cpus=a.policy, lr=cfg.policy_lr, grad_clip=cfg.grad_clip, temperature=r.temperature,
-            seed=ctx.seed, rollout_engine=cfg.rollout_engine)
+            seed=ctx.seed, rollout_engine=cfg.rollout_engine, lora_settings=cfg.lora.model_dump() if cfg.lora else None)
         critic = ray.remote(CriticRole).options(num_cpus=a.critic).remote(
             rm_dir if cfg.critic_init == "reward" else sft_dir, num_cpus=a.critic, lr=cfg.critic_lr,
             grad_clip=cfg.grad_clip, pad_id=pad_id, seed=ctx.seed)
-        reference = ray.remote(ReferenceRole).options(num_cpus=a.reference).remote(
-            sft_dir, num_cpus=a.reference, temperature=r.temperature)
+        reference = None if cfg.lora else ray.remote(ReferenceRole).options(num_cpus=a.reference).remote(
+            sft_dir, num_cpus=a.reference, temperature=r.temperature)  # a LoRA policy is its own, adapters off
         reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(rm_dir, num_cpus=a.reward)
         try:
             roles = Roles(policy=policy, critic=critic, reference=reference, reward=reward)
@@ -110,10 +119,15 @@ class PPOTrainer:
             history = self._train(ctx, cfg, roles, prompts=prompts, anchors=anchors, pad_id=pad_id)
             after = self._evaluate(roles, heldout, cfg, pad_id=pad_id, seed=ctx.seed)
             state = ray.get(policy.state_dict.remote())
+            adapter = ray.get(policy.adapter_files.remote())
         finally:
             for actor in (policy, critic, reference, reward):
-                ray.kill(actor)
+                if actor is not None:
+                    ray.kill(actor)
         self._save(sft_dir, state, ctx.output_dir / MODEL_DIR)
+        for name, content in adapter.items():  # bytes from the actor: it may run on another node
+            (ctx.output_dir / ADAPTER_DIR).mkdir(exist_ok=True)
+            (ctx.output_dir / ADAPTER_DIR / name).write_bytes(content)
         return self._result(ctx, cfg, heldout, before, after, history)
 
     @staticmethod
@@ -127,7 +141,7 @@ class PPOTrainer:
     def _train(self, ctx, cfg: PPOConfig, roles: Roles, *, prompts, anchors, pad_id: int) -> list[dict]:
         import ray
 
-        policy, critic, reference, reward = roles.policy, roles.critic, roles.reference, roles.reward
+        policy, critic, reward = roles.policy, roles.critic, roles.reward
         rng = np.random.default_rng(ctx.seed)
         kl_ctl = AdaptiveKL(cfg.kl)
         history: list[dict[str, Any]] = []
@@ -142,10 +156,12 @@ class PPOTrainer:
             batch = rollout_batch(gens, pad_id)
             t1 = time.time()
             old_lp, ref_lp, scores, values = (np.array(x) for x in ray.get([  # copies: store objects are read-only
-                policy.logprobs.remote(batch), reference.logprobs.remote(batch), reward.score.remote(batch),
+                policy.logprobs.remote(batch), roles.reference_logprobs(batch), reward.score.remote(batch),
                 critic.values.remote(batch)]))
             t2 = time.time()
             stopped = np.array([g.stopped for g in gens])
+            passed = [verdict(row, g.text) for row, g in zip(rows, gens)]
+            scores = mixed(cfg.rewards, np.array(passed), stopped, scores)  # the reward model's score by default
             scores = scores - r.missing_eos_penalty * (~stopped)
             relative = torch.from_numpy(scores).float()
             if r.leave_one_out_baseline:
@@ -174,7 +190,6 @@ class PPOTrainer:
             t3 = time.time()
             kl_per_answer = float(kl.sum(1).mean())
             kl_ctl.update(kl_per_answer, len(rows))
-            passed = [verdict(row, g.text) for row, g in zip(rows, gens)]
             first = mask.argmax(1)
             metrics = {
                 "reward": float(scores.mean()), "kl": kl_per_answer, "kl_coef": kl_ctl.coef,
@@ -210,7 +225,7 @@ class PPOTrainer:
     def _evaluate(roles: Roles, rows, cfg: PPOConfig, *, pad_id: int, seed: int) -> dict[str, Any]:
         """Greedy answers: pass rate and mean reward; sampled answers (``eval.samples_per_prompt``
         at ``eval.temperature``): the same two figures per prompt, and KL(policy || SFT) per answer."""
-        policy, reference, reward = roles.policy, roles.reference, roles.reward
+        policy, reward = roles.policy, roles.reward
         import ray
 
         ev = cfg.eval
@@ -227,7 +242,7 @@ class PPOTrainer:
                                                      seed=eval_sample_seed(seed, k), temperature=ev.temperature))
             sb = rollout_batch(sampled, pad_id)
             lp, ref, score = ray.get([policy.logprobs.remote(sb, ev.temperature),
-                                      reference.logprobs.remote(sb, ev.temperature), reward.score.remote(sb)])
+                                      roles.reference_logprobs(sb, ev.temperature), reward.score.remote(sb)])
             kls.append(((lp - ref) * sb["action_mask"]).sum(1))
             sampled_verdicts.append([verdict(row, g.text) for row, g in zip(rows, sampled)])
             sampled_scores.append(score)
@@ -293,7 +308,7 @@ class PPOTrainer:
                                                      "sampled_pass_gain": sampled_gain,
                                                      "sampled_pass_gain_by_family": sampled_by_family,
                                                      "time_split_s": timing},
-                           outputs={"model": f"{MODEL_DIR}/", "history": HISTORY, "samples": SAMPLES,
+                           outputs={**launch.model_outputs(out), "history": HISTORY, "samples": SAMPLES,
                                     "heldout_eval": EVAL_FILE})
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:

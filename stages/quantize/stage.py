@@ -24,7 +24,7 @@ class QuantizeStage(Stage[QuantizeConfig]):
                Figure("*.pass_rate", "higher"), Figure("*.bytes", "lower"))
     model_kinds = ("lm",)
     dashboard = Dashboard(panels=("quantization",))
-    inputs = {"model": "ppo|dpo:model", "tokens": "tokenize:tokens", "prompts": "align_data:sft_heldout"}
+    inputs = {"model": "ppo|dpo|grpo:model", "tokens": "tokenize:tokens", "prompts": "align_data:sft_heldout"}
     registered_defaults = {"model": ("lm", names.latest_of("ppo"))}
 
     def run(self, ctx: StageContext[QuantizeConfig]) -> StageResult:
