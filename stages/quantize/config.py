@@ -30,6 +30,16 @@ class ChoiceConfig(StrictModel):
                                "model's (1.0: no slower); null = size and quality only.")
 
 
+class HarnessConfig(StrictModel):
+    """lm-evaluation-harness on every variant: the held-out families as generation tasks scored by the checkers,
+    and the held-out perplexity of the cleaned corpus (stages/alignment/harness.py)."""
+
+    enabled: bool = Field(True, description="Run lm-eval on each torch variant (fp32, int8, int4).")
+    documents: int = Field(32, ge=0, description="Validation sequences of the cleaned corpus in the perplexity task "
+                                                 "(0: no perplexity task).")
+    batch_size: int = Field(16, ge=1, description="lm-eval's batch size.")
+
+
 class QuantizeConfig(StageConfig):
     variants: list[Literal["int8", "int4"]] = Field(default_factory=lambda: ["int8", "int4"],
                                                      description="torchao weight-only variants (CPU and GPU).")
@@ -37,3 +47,4 @@ class QuantizeConfig(StageConfig):
     gguf: bool = Field(True, description="Also export a Q8_0 GGUF file for llama.cpp.")
     eval: QuantizeEvalConfig = Field(default_factory=QuantizeEvalConfig)
     choose: ChoiceConfig = Field(default_factory=ChoiceConfig)
+    lm_eval: HarnessConfig = Field(default_factory=HarnessConfig)

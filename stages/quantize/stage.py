@@ -21,7 +21,9 @@ class QuantizeStage(Stage[QuantizeConfig]):
     figures = (Figure("*.perplexity_delta", "lower", key=True), Figure("*.pass_rate_delta", "higher", key=True),
                Figure("*.size_ratio", "lower", key=True), Figure("*.latency_ms_per_token_b1", "lower", key=True),
                Figure("*.latency_ms_per_token_*", "lower"), Figure("*.perplexity", "lower"),
-               Figure("*.pass_rate", "higher"), Figure("*.bytes", "lower"))
+               Figure("*.pass_rate", "higher"), Figure("*.bytes", "lower"),
+               # lm-evaluation-harness, per variant: the checker tasks and the held-out perplexity task
+               Figure("*.lm_eval.*.pass", "higher"), Figure("*.lm_eval.heldout_ppl.*", "lower"))
     model_kinds = ("lm",)
     dashboard = Dashboard(panels=("quantization",))
     inputs = {"model": "ppo|dpo|grpo:model", "tokens": "tokenize:tokens", "prompts": "align_data:sft_heldout"}

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from stages.core import names
+from stages.alignment import harness
 from stages.alignment.data import read_rows
 from stages.alignment.evaluate import checkable
 from stages.alignment.generate import load_policy
@@ -26,6 +27,9 @@ PLOT = "tradeoff.png"
 GGUF_FILE = "model-q8_0.gguf"
 GGUF_VARIANT = "gguf-q8_0"
 UNQUANTIZED = "fp32"
+
+
+HARNESS_DIR = "lm_eval_tasks"
 
 
 def tradeoff_plot(rows: list[dict], path: Path) -> None:
@@ -63,7 +67,9 @@ class QuantizeVariants:
         base_model, tokenizer = load_policy(source, ev.threads)
         prompts = [r["prompt_text"] for r in rows_eval[:8]] or ["<|user|>\nHello<|end|>\n<|assistant|>\n"]
 
-        def measure(name: str, model, size: int, timed: bool = True) -> dict:
+        tasks = self._harness_tasks(ctx, rows_eval, tokenizer) if cfg.lm_eval.enabled else []
+
+        def measure(name: str, model, size: int, timed: bool = True, folder: Path | None = None) -> dict:
             model.eval()
             rates, _ = ev_.checker_pass_rate(model, tokenizer, rows_eval, ev, ctx.seed)
             row = {"variant": name, "bytes": size, "perplexity": ev_.perplexity(model, ctx.inputs["tokens"].path,
@@ -72,19 +78,23 @@ class QuantizeVariants:
             for batch in ev.latency_batches if timed else ():
                 row[f"latency_ms_per_token_b{batch}"] = 1000 * ev_.latency_per_token(
                     model, tokenizer, prompts, batch, ev.latency_new_tokens, ev.latency_repeats)
+            if tasks and folder is not None:  # lm-eval loads the folder itself, as any user of the harness would
+                figures = harness.evaluate(folder, out / HARNESS_DIR, tasks, batch_size=cfg.lm_eval.batch_size)
+                row.update({f"lm_eval.{k}": v for k, v in figures.items() if not k.endswith(("_stderr", "sample_len"))})
+                torch.set_num_threads(ev.threads)  # lm-eval's model load may have changed it
             ctx.log.info("quantize: %s %.2f MB, perplexity %.3f, pass rate %.3f%s", name, size / 1e6,
                          row["perplexity"], row["pass_rate"],
                          "".join(f", {row[f'latency_ms_per_token_b{b}']:.2f} ms/token at batch {b}"
                                  for b in ev.latency_batches if timed))
             return row
 
-        table = [measure(UNQUANTIZED, base_model, weight_bytes(source))]
+        table = [measure(UNQUANTIZED, base_model, weight_bytes(source), folder=source)]
         base = table[0]
         for variant in cfg.variants:
             save_variant(source, out / variant, variant, cfg.group_size)
             copy_tokenizer_files(source, out / variant)
             reloaded = load_variant(out / variant)  # measured as deploy (vLLM) loads it: the saved folder
-            table.append(measure(variant, reloaded, weight_bytes(out / variant)))
+            table.append(measure(variant, reloaded, weight_bytes(out / variant), folder=out / variant))
         gguf_figures = {}
         if cfg.gguf:
             counts = export_q8_0(source, out / GGUF_FILE, f"lmforge-{ctx.pipeline_name or 'model'}")
@@ -124,6 +134,26 @@ class QuantizeVariants:
         return StageResult(counts={"variants": len(table), "heldout_prompts": len(rows_eval)}, metrics=metrics,
                            details={"variants": table, "chosen": chosen["variant"], "why": why, "gguf": gguf_figures},
                            outputs=outputs)
+
+    @staticmethod
+    def _harness_tasks(ctx, rows_eval, tokenizer) -> list[str]:
+        """lm-eval task files for this run: the held-out prompts by family, and validation documents decoded from
+        tokenize's val split (the cleaned corpus the perplexity figure above reads too)."""
+        from stages.tokenize.chat import end_of_turn
+        from stages.tokenize.packed import PackedDataset
+
+        cfg = ctx.config
+        documents = []
+        if cfg.lm_eval.documents:
+            val = PackedDataset(ctx.inputs["tokens"].path, "val")
+            for i in range(min(cfg.lm_eval.documents, len(val))):
+                seq = val.sequence(i)
+                ids = seq["input_ids"][seq["real"].astype(bool)] if "real" in seq else seq["input_ids"]
+                text = tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip()
+                if text:
+                    documents.append(text)
+        return harness.write_tasks(ctx.output_dir / HARNESS_DIR, rows_eval, documents, end_of_turn(tokenizer),
+                                   cfg.eval.max_new_tokens)
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         chosen = result.details["chosen"]
