@@ -32,9 +32,13 @@ def tiny(tmp_path_factory, prefect_server):
                 f"engines.prefect.port={prefect_server['port']}"]
         ppo = last_json(run_cli(args).stdout)
         dpo_args = args + ["--set", "pipeline.alignment=dpo", "--set", "deploy.gate.max_pass_rate_drop=1",
-                           "--set", "deploy.gate.max_perplexity_increase=1000"]
+                           "--set", "deploy.gate.max_perplexity_increase=1000", "--set", "dpo.lora.r=4"]
         dpo = last_json(run_cli(dpo_args).stdout)
-        yield {"home": home, "args": args, "dpo_args": dpo_args, "ppo": ppo, "dpo": dpo,
+        # GRPO with a LoRA policy on the checkers' reward, up to quantize (no third server start)
+        grpo = last_json(run_cli(["run", "--config", str(TINY), "--until", "quantize", "--set",
+                                  f"engines.prefect.port={prefect_server['port']}", "--set", "pipeline.alignment=grpo",
+                                  "--set", "grpo.lora.r=4"]).stdout)
+        yield {"home": home, "args": args, "dpo_args": dpo_args, "ppo": ppo, "dpo": dpo, "grpo": grpo,
                "client": MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}"), "prefect": prefect_server}
 
 
@@ -146,6 +150,33 @@ def test_the_dpo_path_reuses_everything_up_to_sft(tiny, tmp_path):
     quantized = json.loads(Path(client.download_artifacts(dpo["stages"]["quantize"], "manifest.json",
                                                           str(tmp_path / "q-dpo"))).read_text())
     assert quantized["inputs"]["model"]["run_id"] == dpo["stages"]["dpo"]  # the alignment path that ran
+
+
+def test_the_dpo_path_trains_a_lora_adapter_and_registers_the_merged_model(tiny, tmp_path):
+    client, dpo = tiny["client"], tiny["dpo"]
+    run = client.get_run(dpo["stages"]["dpo"])
+    metrics = run.data.metrics
+    assert 0 < metrics["trainable_parameters"] < 0.2 * metrics["parameters"]  # r=4 adapters only
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= artifacts
+    model = Path(client.download_artifacts(run.info.run_id, "model", str(tmp_path / "dpo")))
+    assert not (model / "adapter_config.json").exists() and (model / "model.safetensors").is_file()  # merged
+
+
+def test_the_grpo_path_trains_a_lora_policy_on_verifiable_rewards(tiny, tmp_path):
+    client, grpo, ppo = tiny["client"], tiny["grpo"], tiny["ppo"]
+    assert list(grpo["stages"])[-3:] == ["sft", "grpo", "quantize"] and "reward" not in grpo["stages"]
+    assert grpo["stages"]["sft"] == ppo["stages"]["sft"] and "sft" in grpo["cache_hits"]
+    run = client.get_run(grpo["stages"]["grpo"])
+    assert {"grpo.pass_rate", "sft.pass_rate", "grpo.kl_to_sft", "grpo_minus_sft.pass_rate.ci_low",
+            "grpo.sampled_pass_rate"} <= set(run.data.metrics)
+    for name in ("reward", "reward_std", "kl", "entropy", "policy_loss", "response_length", "clip_ratio"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2, 3], name
+    assert {"adapter/adapter_config.json"} <= {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-grpo").run_id == run.info.run_id
+    manifest = json.loads(Path(client.download_artifacts(grpo["stages"]["quantize"], "manifest.json",
+                                                         str(tmp_path / "q"))).read_text())
+    assert manifest["inputs"]["model"]["run_id"] == grpo["stages"]["grpo"]  # quantize took the GRPO policy
 
 
 def test_the_gate_promotes_within_its_bounds_and_refuses_outside_them(tiny):
@@ -366,6 +397,9 @@ def _check_quantize(client: MlflowClient, runs: dict, tmp_path: Path) -> None:
         assert {f"{variant}.perplexity", f"{variant}.pass_rate", f"{variant}.latency_ms_per_token_b1",
                 f"{variant}.latency_ms_per_token_b8"} <= set(metrics)
     assert abs(metrics["int8.perplexity_delta"]) < 0.05
+    for variant in ("fp32", "int8", "int4"):  # lm-evaluation-harness on every torch variant
+        assert metrics[f"{variant}.lm_eval.heldout_ppl.bits_per_byte"] > 0
+        assert {f"{variant}.lm_eval.{family}.pass" for family in ("language", "question_type")} <= set(metrics)
     assert {"tradeoff.png", "variants.json", "model-q8_0.gguf", "int8", "int4"} <= \
         {a.path for a in client.list_artifacts(run.info.run_id)}
     chosen = run.data.tags["lmforge.quantized_variant"]
