@@ -93,6 +93,7 @@ class GRPOTrainer:
             after = self._evaluate(scorer, heldout, cfg, pad_id, ctx.seed)
             state = ray.get(policy.state_dict.remote())
             adapter = ray.get(policy.adapter_files.remote())
+            counts = ray.get(policy.parameter_counts.remote())
         finally:
             for actor in (policy, reference, reward):
                 if actor is not None:
@@ -101,7 +102,9 @@ class GRPOTrainer:
         for name, content in adapter.items():  # bytes from the actor: it may run on another node
             (ctx.output_dir / ADAPTER_DIR).mkdir(exist_ok=True)
             (ctx.output_dir / ADAPTER_DIR / name).write_bytes(content)
-        return self._result(ctx, cfg, heldout, before, after, history)
+        result = self._result(ctx, cfg, heldout, before, after, history)
+        result.metrics.update(counts)
+        return result
 
     def _train(self, ctx, cfg: GRPOConfig, scorer: Scorer, prompts, pad_id: int) -> list[dict[str, Any]]:
         import ray

@@ -150,6 +150,10 @@ class PolicyRole:
             target = torch.log_softmax(answer_logits(self.frozen, inputs, mask), dim=-1)
         return F.kl_div(torch.log_softmax(logits, dim=-1), target, log_target=True, reduction="batchmean")
 
+    def parameter_counts(self) -> dict[str, float]:
+        trained, total = lora.trainable(self.model)
+        return {"trainable_parameters": float(trained), "parameters": float(total)}
+
     def adapter_files(self) -> dict[str, bytes]:
         """A LoRA policy's adapter as peft saves it (file name -> content; empty for full fine-tuning)."""
         import tempfile

@@ -120,6 +120,7 @@ class PPOTrainer:
             after = self._evaluate(roles, heldout, cfg, pad_id=pad_id, seed=ctx.seed)
             state = ray.get(policy.state_dict.remote())
             adapter = ray.get(policy.adapter_files.remote())
+            counts = ray.get(policy.parameter_counts.remote())
         finally:
             for actor in (policy, critic, reference, reward):
                 if actor is not None:
@@ -128,7 +129,9 @@ class PPOTrainer:
         for name, content in adapter.items():  # bytes from the actor: it may run on another node
             (ctx.output_dir / ADAPTER_DIR).mkdir(exist_ok=True)
             (ctx.output_dir / ADAPTER_DIR / name).write_bytes(content)
-        return self._result(ctx, cfg, heldout, before, after, history)
+        result = self._result(ctx, cfg, heldout, before, after, history)
+        result.metrics.update(counts)
+        return result
 
     @staticmethod
     def _anchors(ctx, cfg: PPOConfig, tokenizer) -> list[Generation]:

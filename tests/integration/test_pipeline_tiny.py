@@ -173,6 +173,7 @@ def test_the_grpo_path_trains_a_lora_policy_on_verifiable_rewards(tiny, tmp_path
     for name in ("reward", "reward_std", "kl", "entropy", "policy_loss", "response_length", "clip_ratio"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2, 3], name
     assert {"adapter/adapter_config.json"} <= {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert 0 < run.data.metrics["trainable_parameters"] < 0.2 * run.data.metrics["parameters"]
     assert client.get_model_version_by_alias("lmforge-tiny-lm", "latest-grpo").run_id == run.info.run_id
     manifest = json.loads(Path(client.download_artifacts(grpo["stages"]["quantize"], "manifest.json",
                                                          str(tmp_path / "q"))).read_text())
