@@ -33,6 +33,16 @@ class OnPolicyPairsConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
 
 
+class AccuracyGoal(StrictModel):
+    """The held-out pair accuracy the reward model should reach on the families it can judge. On the 1.9M
+    demo model those are language and question_type: its backbone cannot count or find a word by position, and
+    its sentiment head collapsed to one side, so count_words, nth_word and sentiment are reported per family
+    with their intervals but not held to the goal. A real base model (finetune.yaml) is held to it on all."""
+
+    families: list[str] = Field(default_factory=lambda: ["language", "question_type"])
+    min_accuracy: float = Field(0.8, gt=0, le=1)
+
+
 class RewardConfig(AlignTrainConfig):
     epochs: float = Field(2.0, gt=0, description="Passes over the training pairs (when max_steps is null).")
     on_policy: OnPolicyPairsConfig = Field(default_factory=OnPolicyPairsConfig)
@@ -41,6 +51,7 @@ class RewardConfig(AlignTrainConfig):
         "added to the Bradley-Terry loss (GRM, Yang et al. 2024): the backbone keeps the skills SFT gave it "
         "while the head learns to rank. 0 = off. Not with ZeRO-3 (the head's weights are sharded).")
     eval: RewardEvalConfig = Field(default_factory=RewardEvalConfig)
+    accuracy_goal: AccuracyGoal = Field(default_factory=AccuracyGoal)
 
     @model_validator(mode="after")
     def _lm_head_needs_whole_weights(self):

@@ -20,7 +20,7 @@ class RewardStage(Stage[RewardConfig]):
     summary = "Reward model: the SFT backbone with a scalar head, Bradley-Terry loss on preference pairs."
     figures = (Figure("pairwise_accuracy", "higher", key=True), Figure("spearman_reward_vs_checker", "higher", key=True),
                Figure("pairwise_accuracy.*", "higher"), Figure("spearman.*", "higher"), Figure("heldout_loss", "lower"),
-               Figure("sampled_pass_rate", "higher"))
+               Figure("sampled_pass_rate", "higher"), Figure("goal.*", "higher"))
     model_kinds = ("reward",)
     runs_when = {"alignment": "ppo"}
     dashboard = Dashboard(curves={"Reward model: pairwise accuracy": ("accuracy", "heldout_accuracy")})

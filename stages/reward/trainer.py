@@ -11,7 +11,7 @@ import numpy as np
 from stages.core import names
 from stages.alignment import launch
 from stages.alignment.data import read_rows
-from stages.alignment.evaluate import checkable, verdict
+from stages.alignment.evaluate import bootstrap_ci, checkable, verdict
 from stages.alignment.generate import generate, load_policy
 from stages.alignment.scoring import load_reward_model, score_ids, score_texts
 from stages.alignment.trainer import MODEL_DIR, TRAIN_LOG
@@ -33,6 +33,16 @@ def spearman(x, y) -> float:
     if len(set(np.asarray(x).tolist())) < 2 or len(set(np.asarray(y).tolist())) < 2:
         return float("nan")
     return float(spearmanr(x, y).statistic)
+
+
+def accuracy_goal(goal, by_family: dict[str, list[float]]) -> dict[str, float]:
+    """Held-out pair accuracy over the families the goal names (those the model can judge), and whether it
+    reaches the goal: a figure, not a gate (the other families are reported, not held to it)."""
+    judged = [v for f in goal.families if f in by_family for v in by_family[f]]
+    if not judged:
+        return {}
+    accuracy = float(np.mean(judged))
+    return {"goal.pairwise_accuracy": accuracy, "goal.met": float(accuracy >= goal.min_accuracy)}
 
 
 class RewardTrainer:
@@ -61,6 +71,10 @@ class RewardTrainer:
         for p, ok in zip(pairs, right):
             by_family[p["family"]].append(float(ok))
         metrics.update({f"pairwise_accuracy.{f}": float(np.mean(v)) for f, v in sorted(by_family.items())})
+        for family, values in sorted(by_family.items()):  # every family reported with its interval
+            low, high = bootstrap_ci(np.array(values), cfg.eval.generation.bootstrap, ctx.seed)
+            metrics[f"pairwise_accuracy.{family}.ci_low"], metrics[f"pairwise_accuracy.{family}.ci_high"] = low, high
+        metrics.update(accuracy_goal(cfg.accuracy_goal, by_family))
 
         # does the reward follow the checker on answers the SFT model actually gives?
         ev = cfg.eval

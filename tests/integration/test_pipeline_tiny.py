@@ -368,6 +368,13 @@ def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> Non
     # (one near-tie may order differently with another thread count)
     assert abs(reward.data.metrics["pairwise_accuracy"] - float(right.mean())) <= 1 / len(pairs) + 1e-9
     assert {"heldout_accuracy", "spearman_reward_vs_checker", "chosen_nll", "bt_loss"} <= set(reward.data.metrics)
+    # every family with its interval; the 0.8 goal over the families the 1.9M model can judge, a figure not a gate
+    m = reward.data.metrics
+    for family in ("count_words", "language", "question_type", "sentiment"):
+        assert m[f"pairwise_accuracy.{family}.ci_low"] <= m[f"pairwise_accuracy.{family}"] <= \
+            m[f"pairwise_accuracy.{family}.ci_high"]
+    judged = [p["family"] in ("language", "question_type") for p in pairs]
+    assert m["goal.met"] == float(m["goal.pairwise_accuracy"] >= 0.8) and sum(judged) > 0
     assert client.get_model_version_by_alias("lmforge-tiny-reward", "latest-reward").run_id == reward.info.run_id
 
     ppo = client.get_run(runs["ppo"])
