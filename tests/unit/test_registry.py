@@ -17,7 +17,7 @@ def test_the_built_in_dag_comes_from_the_inputs():
         for up in registry.stage_class(name).upstream():
             assert order.index(up) < order.index(name), (up, name)
     assert order == ("ingest", "dedup", "quality", "import_model", "tokenize", "pretrain", "align_data", "sft",
-                     "reward", "ppo", "dpo", "quantize", "deploy")
+                     "reward", "ppo", "dpo", "grpo", "quantize", "deploy")
 
 
 def test_an_imported_base_model_takes_pretrainings_place_and_lends_tokenize_its_tokenizer():
