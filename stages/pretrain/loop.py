@@ -52,8 +52,9 @@ def make_optimizer(model, optim, max_steps: int):
     params = [p for p in model.parameters() if p.requires_grad]  # a LoRA model's frozen base stays out
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [g for g in groups if g["params"]],  # LoRA trains matrices only: DeepSpeed drops an empty group
         lr=optim.lr, betas=(optim.beta1, optim.beta2), fused=False, foreach=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim.warmup_steps, max_steps,
                                                                        optim.min_lr_ratio))
