@@ -33,8 +33,9 @@ def _inputs(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 def answer_logits(model, inputs: dict[str, torch.Tensor], action_mask: torch.Tensor) -> torch.Tensor:
     """Logits at the answer positions only, [N, vocab]: the LM head (vocab x hidden, most of
     a small model's FLOPs) runs on the few answer tokens, not on every prompt token."""
-    hidden = model.model(**inputs).last_hidden_state[:, :-1]
-    return model.lm_head(hidden[action_mask.bool()]).float()
+    core = model.get_base_model() if lora.is_adapted(model) else model  # a LoRA model's layers carry its adapters
+    hidden = core.model(**inputs).last_hidden_state[:, :-1]
+    return core.lm_head(hidden[action_mask.bool()]).float()
 
 
 def answer_logprobs(model, inputs: dict[str, torch.Tensor], action_mask: torch.Tensor, temperature: float,

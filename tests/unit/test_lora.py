@@ -106,3 +106,20 @@ def test_the_plain_state_of_an_adapted_model_is_the_merged_models_without_mergin
     plain.load_state_dict(state)
     assert (plain.eval()(ids).logits - adapted).abs().max() < 1e-5
     assert lora.is_adapted(model) and torch.equal(model(ids).logits, adapted)  # the live model is untouched
+
+
+def test_answer_logprobs_of_an_adapted_policy_follow_its_adapter_and_its_reference_is_the_base():
+    from stages.ppo.roles import answer_logprobs
+
+    ids = torch.tensor([[3, 9, 27, 5, 11, 2]])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    mask = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0]])
+    base = answer_logprobs(_model().eval(), inputs, mask, 1.0)
+    model = lora.wrap(_model(), LoraSettings(r=4, dropout=0.0), "causal")
+    _train(model)
+    model.eval()
+    adapted = answer_logprobs(model, inputs, mask, 1.0)
+    full = torch.log_softmax(model(**inputs).logits[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0] * mask[0]
+    assert torch.allclose(adapted[0], full, atol=1e-5) and not torch.allclose(adapted, base, atol=1e-4)
+    with lora.reference(model):
+        assert torch.allclose(answer_logprobs(model, inputs, mask, 1.0), base, atol=1e-6)
