@@ -8,6 +8,7 @@ artifact.
 
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -96,3 +97,50 @@ def plain_state_dict(model) -> dict:
                 weight = weight + module.get_delta_weight(adapter).detach()
             state[f"{name}.weight"] = weight
     return state
+
+
+def base_module_names(config) -> set[str] | None:
+    """The module names of the model the pipeline's alignment stages start from, known before anything runs:
+    lmforge's own Llama when it pretrains, the imported folder's or GGUF's model otherwise (None when the import
+    source is missing: import_model reports that itself)."""
+    if getattr(config.pipeline, "base", "pretrain") == "pretrain":
+        return _module_names_of(None)
+    from stages.core.errors import ConfigError
+    from stages.import_model.stage import source_of
+
+    try:
+        return _module_names_of(str(source_of(config.import_model)))
+    except ConfigError:
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _module_names_of(source: str | None) -> frozenset[str]:
+    """Module names of a model built on the meta device from ``source``'s config (None: lmforge's own Llama)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    if source is None:
+        model_config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                                   vocab_size=32)
+    else:
+        path = Path(source)
+        model_config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name) if path.is_file() \
+            else AutoConfig.from_pretrained(str(path))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    return frozenset(name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name)
+
+
+def check_pipeline_targets(stage_cls, config) -> None:
+    """A pipeline whose ``<stage>.lora`` names a module its base model lacks is refused before anything runs."""
+    if not all(str(getattr(config.pipeline, k, None)) == v for k, v in stage_cls.runs_when.items()):
+        return  # the stage does not run in this pipeline
+    settings = getattr(config, stage_cls.name).lora
+    present = base_module_names(config) if settings is not None else None
+    if present is None:
+        return
+    missing = [t for t in settings.target_modules if t not in present]
+    if missing:
+        raise ValueError(f"{stage_cls.name}.lora.target_modules: {missing} not found in the base model; its projection "
+                         f"layers are {sorted(n for n in present if n.endswith('proj'))}")

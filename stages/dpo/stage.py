@@ -32,6 +32,12 @@ class DPOStage(Stage[DPOConfig]):
     optional_inputs = frozenset({"reward_model"})
     registered_defaults = {"model": ("lm", names.latest_of("sft"))}
 
+    @classmethod
+    def check_pipeline(cls, config) -> None:
+        from stages.alignment.lora import check_pipeline_targets
+
+        check_pipeline_targets(cls, config)
+
     def run(self, ctx: StageContext[DPOConfig]) -> StageResult:
         from stages.dpo.trainer import DPOTrainer
 

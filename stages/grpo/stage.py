@@ -29,6 +29,9 @@ class GRPOStage(Stage[GRPOConfig]):
 
     @classmethod
     def check_pipeline(cls, config) -> None:
+        from stages.alignment.lora import check_pipeline_targets
+
+        check_pipeline_targets(cls, config)
         if getattr(config.pipeline, "alignment", None) == "grpo" and config.grpo.rewards.model:
             from stages.registry import stage_class
 

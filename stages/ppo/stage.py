@@ -35,6 +35,12 @@ class PPOStage(Stage[PPOConfig]):
               "heldout": "align_data:sft_heldout"}
     registered_defaults = {"model": ("lm", names.latest_of("sft")), "reward_model": ("reward", names.latest_of("reward"))}
 
+    @classmethod
+    def check_pipeline(cls, config) -> None:
+        from stages.alignment.lora import check_pipeline_targets
+
+        check_pipeline_targets(cls, config)
+
     def run(self, ctx: StageContext[PPOConfig]) -> StageResult:
         from stages.ppo.trainer import PPOTrainer
 

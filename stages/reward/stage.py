@@ -30,6 +30,9 @@ class RewardStage(Stage[RewardConfig]):
 
     @classmethod
     def check_pipeline(cls, config) -> None:
+        from stages.alignment.lora import check_pipeline_targets
+
+        check_pipeline_targets(cls, config)
         pretrained_here = getattr(config.pipeline, "base", "pretrain") == "pretrain"  # an import's head is its own
         if config.reward.lm_coef and pretrained_here and not config.pretrain.model.tie_embeddings:
             raise ValueError("reward.lm_coef trains the backbone's tied LM head, but pretrain.model.tie_embeddings is "

@@ -26,6 +26,12 @@ class SFTStage(Stage[SFTConfig]):
     inputs = {"model": "pretrain|import_model:model", "train": "align_data:sft_train", "heldout": "align_data:sft_heldout"}
     registered_defaults = {"model": ("lm", names.latest_of("pretrain"))}
 
+    @classmethod
+    def check_pipeline(cls, config) -> None:
+        from stages.alignment.lora import check_pipeline_targets
+
+        check_pipeline_targets(cls, config)
+
     def run(self, ctx: StageContext[SFTConfig]) -> StageResult:
         from stages.sft.trainer import SFTTrainer
 

@@ -123,3 +123,18 @@ def test_answer_logprobs_of_an_adapted_policy_follow_its_adapter_and_its_referen
     assert torch.allclose(adapted[0], full, atol=1e-5) and not torch.allclose(adapted, base, atol=1e-4)
     with lora.reference(model):
         assert torch.allclose(answer_logprobs(model, inputs, mask, 1.0), base, atol=1e-6)
+
+
+def test_a_pipeline_whose_lora_targets_are_missing_is_refused_before_anything_runs(monkeypatch):
+    """Up front, against the model the stage will start from: lmforge's Llama, or the imported SmolLM2 GGUF."""
+    from pipelines.config import load_config
+    from tests.conftest import DATA_DIR, TINY
+
+    monkeypatch.setenv("LMFORGE_DATA_DIR", str(DATA_DIR))
+    assert load_config(TINY, ["sft.lora.r=4"]).sft.lora.r == 4
+    with pytest.raises(ConfigError) as caught:
+        load_config(TINY, ["sft.lora.target_modules=[q_proj, c_attn]"])
+    assert "sft.lora.target_modules: ['c_attn'] not found in the base model" in str(caught.value)
+    load_config(TINY, ["dpo.lora.target_modules=[c_attn]"])  # dpo does not run on the ppo path: not its concern
+    with pytest.raises(ConfigError, match=r"grpo\.lora\.target_modules: \['wte'\]"):
+        load_config(TINY, ["pipeline.base=import", "pipeline.alignment=grpo", "grpo.lora.target_modules=[wte]"])
