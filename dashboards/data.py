@@ -92,6 +92,20 @@ def _quantization(m: dict[str, float]) -> list[dict[str, Any]]:
     return rows
 
 
+def _lm_eval(m: dict[str, float]) -> dict[str, dict[str, float]]:
+    """variant -> {task: value}: lm-evaluation-harness's checker tasks (``pass``) and the held-out perplexity
+    task (``bits_per_byte``), as quantize logged them per variant."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in m.items():
+        if not key.startswith("quantize.") or ".lm_eval." not in key:
+            continue
+        variant, rest = key[len("quantize."):].split(".lm_eval.", 1)
+        task, _, metric = rest.rpartition(".")
+        if metric in ("pass", "bits_per_byte"):
+            out.setdefault(variant, {})[task if metric == "pass" else "bits_per_byte"] = value
+    return {v: out[v] for v in sorted(out, key=lambda v: (v != "fp32", v))}
+
+
 def _chart_stages() -> dict[str, str]:
     """chart or panel -> the stage that fills it (first declared), so the page can say which stage a run
     left out when a chart is empty."""
@@ -156,6 +170,7 @@ def pipeline_view(client, run) -> dict[str, Any]:
         "funnel": _funnel(m), "reasons": _reasons(m), "curves": curves, "pass_rates": _pass_rates(m),
         "chart_stage": _chart_stages(),
         "quantization": _quantization(m),
+        "lm_eval": _lm_eval(m),
         "quantized": {"chosen": quantize.get(names.TAG_QUANTIZED_VARIANT), "why": quantize.get(names.TAG_CHOICE)},
         "gate": {"promoted": deploy.get(names.TAG_PROMOTED), "reason": deploy.get(names.TAG_GATE),
                  "served_version": deploy.get(names.TAG_SERVED_VERSION),

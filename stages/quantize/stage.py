@@ -25,7 +25,7 @@ class QuantizeStage(Stage[QuantizeConfig]):
                # lm-evaluation-harness, per variant: the checker tasks and the held-out perplexity task
                Figure("*.lm_eval.*.pass", "higher"), Figure("*.lm_eval.heldout_ppl.*", "lower"))
     model_kinds = ("lm",)
-    dashboard = Dashboard(panels=("quantization",))
+    dashboard = Dashboard(panels=("quantization", "lmeval"))
     inputs = {"model": "ppo|dpo|grpo:model", "tokens": "tokenize:tokens", "prompts": "align_data:sft_heldout"}
     registered_defaults = {"model": ("lm", names.latest_of("ppo"))}
 

@@ -261,7 +261,7 @@ def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, chromium: str
         assert f'data-stage="{stage}"' in dom
     charts = dict(re.findall(r'id="chart-([a-z0-9-]+)"[^>]*data-points="(\d+)"', dom))
     curves = [f"curve-{i}" for i in range(5)]  # one card per curve chart the stages declare
-    assert set(charts) == {"timeline", "funnel", "reasons", *curves, "passrate", "quantization", "serving"}
+    assert set(charts) == {"timeline", "funnel", "reasons", *curves, "passrate", "quantization", "lmeval", "serving"}
     for title in ("Pretraining: training and validation loss", "SFT / DPO: loss on responses",
                   "Reward model: pairwise accuracy", "PPO: reward, KL to SFT, rollout pass rate",
                   "GRPO: reward, its spread within groups, KL"):
@@ -271,6 +271,7 @@ def _check_dashboard(ppo_run: dict, dpo_run: dict, tmp_path: Path, chromium: str
     assert re.search(r'id="panel-gate"[^>]*data-filled="1"', dom) and "promoted" in dom
     assert "(chosen)" in dom and "gguf-q8_0" in dom  # the registered variant marked, the GGUF file plotted
     assert "tokens/s with" in dom and "error(s) in" in dom  # serving throughput and errors
+    assert "held-out bits per byte: fp32 " in dom  # lm-eval's perplexity task beside its checker tasks
     assert "quarantined: " in dom or "removed: " in dom  # why documents left
     assert re.search(r'<div id="errors">\s*</div>', dom)
     partial_url = f"{page.as_uri()}?run={partial['pipeline_run_id']}"
