@@ -21,6 +21,11 @@ class GateConfig(StrictModel):
     figures: list[Literal["pass_rate", "perplexity"]] = Field(
         ["pass_rate", "perplexity"], min_length=1,
         description="What the gate compares; a named figure missing on either side refuses the candidate.")
+    lm_eval: dict[str, float] = Field(
+        default_factory=dict,
+        description="lm-evaluation-harness figures the gate also compares, '<task>.<metric>' -> bound: a score "
+                    "(pass) at most that much below production's; a perplexity or bits-per-byte figure at most "
+                    "that much above it, relative. {'language.pass': 0.05, 'heldout_ppl.bits_per_byte': 0.02}")
 
 
 class ServerConfig(StrictModel):

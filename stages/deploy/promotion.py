@@ -48,7 +48,27 @@ def figures(client, version) -> dict[str, float]:
     if variant is None:  # a policy registered by sft/ppo/dpo: its own held-out pass rate
         key = f"{run.data.tags.get(names.TAG_STAGE, '')}.pass_rate"
         return {"pass_rate": metrics[key]} if key in metrics else {}
-    return {k: metrics[f"{variant}.{k}"] for k in ("pass_rate", "perplexity") if f"{variant}.{k}" in metrics}
+    found = {k: metrics[f"{variant}.{k}"] for k in ("pass_rate", "perplexity") if f"{variant}.{k}" in metrics}
+    prefix = f"{variant}.lm_eval."  # lm-evaluation-harness on the same variant
+    found.update({f"lm_eval.{k[len(prefix):]}": v for k, v in metrics.items() if k.startswith(prefix)})
+    return found
+
+
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte")  # lm-eval metric names (word_/byte_perplexity, bits_per_byte)
+
+
+def lm_eval_problems(candidate: dict[str, float], current: dict[str, float], bounds: dict[str, float]) -> list[str]:
+    """Each named lm-eval figure against production's: a score may drop by its bound, a perplexity-like figure
+    rise by its bound (relative)."""
+    problems = []
+    for name, bound in bounds.items():
+        new, old = candidate[f"lm_eval.{name}"], current[f"lm_eval.{name}"]
+        if name.endswith(LOWER_IS_BETTER):
+            if new > old * (1 + bound):
+                problems.append(f"lm-eval {name} {new:.4g} > production's {old:.4g} x {1 + bound:.2f}")
+        elif new < old - bound:
+            problems.append(f"lm-eval {name} {new:.3f} < production's {old:.3f} - {bound}")
+    return problems
 
 
 def production_version(client, name: str):
@@ -60,8 +80,10 @@ def production_version(client, name: str):
 
 def judge(candidate: dict[str, float], current: dict[str, float] | None, current_version: str | None,
           max_pass_rate_drop: float, max_perplexity_increase: float,
-          gated: tuple[str, ...] = GATED) -> Verdict:
+          gated: tuple[str, ...] = GATED, lm_eval: dict[str, float] | None = None) -> Verdict:
     """Promote only when every gated figure is there on both sides and within its bound."""
+    lm_eval = lm_eval or {}
+    gated = (*gated, *(f"lm_eval.{name}" for name in lm_eval))
     def known(figures: dict[str, float], key: str) -> bool:
         value = figures.get(key)
         return value is not None and not math.isnan(value)
@@ -84,6 +106,7 @@ def judge(candidate: dict[str, float], current: dict[str, float] | None, current
     if "perplexity" in gated and candidate["perplexity"] > current["perplexity"] * (1 + max_perplexity_increase):
         problems.append(f"perplexity {candidate['perplexity']:.2f} > production's {current['perplexity']:.2f} "
                         f"x {1 + max_perplexity_increase:.2f}")
+    problems += lm_eval_problems(candidate, current, lm_eval)
     if problems:
         return Verdict(False, "; ".join(problems), candidate, current, current_version)
     return Verdict(True, f"within the gates of production v{current_version}", candidate, current, current_version)
@@ -96,7 +119,7 @@ def decide(client, name: str, candidate, gate) -> tuple[Verdict, object | None]:
     current = production_version(client, name)
     verdict = judge(figures(client, candidate), figures(client, current) if current else None,
                     str(current.version) if current else None, gate.max_pass_rate_drop,
-                    gate.max_perplexity_increase, tuple(gate.figures))
+                    gate.max_perplexity_increase, tuple(gate.figures), gate.lm_eval)
     if verdict.promote:
         promote(client, name, str(candidate.version), str(current.version) if current else None)
     return verdict, current
