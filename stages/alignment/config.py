@@ -45,6 +45,9 @@ class AlignTrainConfig(StageConfig):
         None, gt=0, lt=1, description="Save an exponential moving average of the weights (this decay per "
         "optimizer step, fp32) instead of the last ones; null = off. Not with ZeRO-3 (sharded weights).")
 
+    checkpoint_every: Optional[int] = Field(
+        None, ge=1, description="Save a resumable state every N steps (a killed or restarted run goes on from the "
+                                "newest); null = none, a killed run starts over.")
     lora: Optional[LoraSettings] = Field(
         None, description="Train LoRA adapters (peft) instead of every weight; the merged model is what is saved. "
                           "null = full fine-tuning.")

@@ -17,6 +17,7 @@ from stages.core.paths import lmforge_home
 from stages.core.ray_runtime import ensure_ray
 from stages.core.tracking import register_artifact
 from stages.pretrain.distributed import scaling_config, train_env
+from stages.pretrain.stage import latest_checkpoint
 
 
 def check_batch(stage: str, cfg) -> None:
@@ -29,7 +30,7 @@ def check_batch(stage: str, cfg) -> None:
 def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Path) -> list[dict[str, Any]]:
     """Run the stage's recipe on Ray Train; the model lands in ``ctx.output_dir/model``.
     Returns the step history (also written as ``train_log.jsonl``)."""
-    from ray.train import FailureConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     cfg = ctx.config
@@ -45,27 +46,39 @@ def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Pa
            "run_id": ctx.run_id, "tracking_uri": tracker.tracking_uri if tracker is not None else None}
     storage = lmforge_home() / "train"
     name = f"{ctx.stage}-{ctx.cache_key[:20] or 'adhoc'}"
-    shutil.rmtree(storage / name, ignore_errors=True)  # no mid-run checkpoints: a rerun starts clean
-    trainer = TorchTrainer(
-        train_worker, train_loop_config=job,
-        scaling_config=scaling_config(dist),
-        run_config=RunConfig(name=name, storage_path=str(storage),
-                             failure_config=FailureConfig(max_failures=dist.max_failures)),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise StageError(f"{ctx.stage}: training failed: {result.error}")
+    resume = latest_checkpoint(storage / name, dist.num_workers) if cfg.checkpoint_every else None
+    if resume is not None:  # the same stage run (same cache key) killed before: go on from its newest state
+        ctx.log.info("%s: resuming from %s", ctx.stage, resume)
+        job["resume_from"] = str(resume)
+    else:
+        shutil.rmtree(storage / name, ignore_errors=True)  # nothing to resume: a clean start
     out = ctx.output_dir
-    with result.checkpoint.as_directory() as folder:
-        final = Path(folder)
-        if not json.loads((final / MARKER).read_text()).get("final"):
-            raise StageError(f"{ctx.stage}: the last checkpoint is not the final model")
-        shutil.copytree(final / MODEL_DIR, out / MODEL_DIR)
-        shutil.copy2(final / TRAIN_LOG, out / TRAIN_LOG)
-        if (final / ADAPTER_DIR).is_dir():
-            shutil.copytree(final / ADAPTER_DIR, out / ADAPTER_DIR)
+    if resume is not None and json.loads((resume / MARKER).read_text()).get("final"):
+        _copy_model(resume, out)  # training had finished when the run was stopped: its model is whole
+    else:
+        trainer = TorchTrainer(
+            train_worker, train_loop_config=job,
+            scaling_config=scaling_config(dist),
+            run_config=RunConfig(name=name, storage_path=str(storage),
+                                 failure_config=FailureConfig(max_failures=dist.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        result = trainer.fit()
+        if result.error:
+            raise StageError(f"{ctx.stage}: training failed: {result.error}")
+        with result.checkpoint.as_directory() as folder:
+            if not json.loads((Path(folder) / MARKER).read_text()).get("final"):
+                raise StageError(f"{ctx.stage}: the last checkpoint is not the final model")
+            _copy_model(Path(folder), out)
     shutil.rmtree(storage / name, ignore_errors=True)
     return [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
+
+
+def _copy_model(final: Path, out: Path) -> None:
+    shutil.copytree(final / MODEL_DIR, out / MODEL_DIR)
+    shutil.copy2(final / TRAIN_LOG, out / TRAIN_LOG)
+    if (final / ADAPTER_DIR).is_dir():
+        shutil.copytree(final / ADAPTER_DIR, out / ADAPTER_DIR)
 
 
 def parameter_figures(history: list[dict[str, Any]]) -> dict[str, float]:

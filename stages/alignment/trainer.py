@@ -2,8 +2,11 @@
 (DeepSpeed ZeRO, the step sampler, the optimizer builder, the step logger) with a
 recipe deciding model class, batches and loss.
 
-These stages are minutes long, so they do not checkpoint midway: a killed run leaves
-nothing behind (the runner's work dir is atomic) and reruns from its input model.
+With ``checkpoint_every`` set, a run saves its state (weights or LoRA adapter, optimizer,
+scheduler, RNG, step, history, precomputed reference log-probs) every N steps into Ray Train's
+storage; a worker restart (``distributed.max_failures``) or the same stage run again after a kill
+resumes from the newest complete one, on the same curve. Without it, a killed run leaves nothing
+behind (the runner's work dir is atomic) and reruns from its input model.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def train_worker(job: dict[str, Any]) -> None:
     from stages.alignment.data import read_rows
     from stages.alignment.recipes import RECIPES
     from stages.alignment.weight_average import WeightAverage
-    from stages.pretrain.loop import StepLogger, deepspeed_config, make_optimizer
+    from stages.pretrain.loop import StepLogger, deepspeed_config, make_optimizer, write_file_list
     from stages.pretrain.sampler import StepSampler, eval_indices
 
     stage = job["stage"]
@@ -84,13 +87,32 @@ def train_worker(job: dict[str, Any]) -> None:
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, micro, accum, bf16))
     average = WeightAverage(engine.module, cfg.ema_decay) if cfg.ema_decay else None
-    logger = StepLogger(rank, job.get("run_id"), job.get("tracking_uri"), [])
+    start, history = 0, []
+    checkpoint = ray.train.get_checkpoint()  # Ray's own after a worker restart, else the one the driver found
+    if checkpoint is None and job.get("resume_from"):
+        checkpoint = Checkpoint.from_directory(job["resume_from"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            marker = json.loads((Path(folder) / MARKER).read_text())
+            if marker["world_size"] != world:
+                raise RuntimeError(f"checkpoint at step {marker['step']} was written by {marker['world_size']} workers; "
+                                   f"this run has {world}")
+            _, client = engine.load_checkpoint(folder, tag=marker["tag"])
+        start, history = client["step"], client["history"]
+        torch.set_rng_state(client["rng_cpu"])
+        extra_train, extra_eval = client["extra_train"], client["extra_eval"]  # the reference from before training
+        if average is not None:
+            average.shadow = client["average"]
+    logger = StepLogger(rank, job.get("run_id"), job.get("tracking_uri"), history)
+    if start:
+        logger.event(start, "resumed", from_step=start)
     if rank == 0:
         print(f"{stage}: {len(train_items)} train / {len(eval_items)} held-out items, {steps} steps of {global_batch} "
               f"(micro {micro} x accum {accum} x {world} worker(s) on {device.type}), ZeRO-"
               f"{cfg.distributed.zero_stage}; training {trained:,} of {total:,} parameters"
               f"{' (LoRA r=%d)' % cfg.lora.r if cfg.lora else ''}", file=sys.stderr, flush=True)
-        logger.log(0, {"trainable_parameters": float(trained), "parameters": float(total)})
+        if not start:
+            logger.log(0, {"trainable_parameters": float(trained), "parameters": float(total)})
 
     def reduce(sums: torch.Tensor) -> torch.Tensor:
         sums = sums.to(device)
@@ -122,9 +144,24 @@ def train_worker(job: dict[str, Any]) -> None:
             print(f"{stage}: step {step} " + " ".join(f"{k} {v:.4f}" for k, v in figures.items()),
                   file=sys.stderr, flush=True)
 
+    def save_state(step: int) -> None:
+        """A resumable checkpoint (not the final model): every rank writes its part, rank 0 the marker."""
+        with tempfile.TemporaryDirectory() as folder:
+            tag = f"step{step:07d}"
+            client = {"step": step, "history": logger.history, "rng_cpu": torch.get_rng_state(),
+                      "extra_train": extra_train, "extra_eval": extra_eval,
+                      "average": average.shadow if average is not None else None}
+            engine.save_checkpoint(folder, tag=tag, client_state=client)
+            if rank == 0:
+                (Path(folder) / MARKER).write_text(json.dumps({"step": step, "tag": tag, "world_size": world,
+                                                               "final": False}))
+            write_file_list(Path(folder), rank)
+            ray.train.report({"step": step}, checkpoint=Checkpoint.from_directory(folder))
+
     engine.train()
-    evaluate(0)
-    for step in range(1, steps + 1):
+    if not start:
+        evaluate(0)
+    for step in range(start + 1, steps + 1):
         indices = sampler.rank_indices(step - 1, rank, world).tolist()
         parts = []
         for m in range(accum):
@@ -148,6 +185,8 @@ def train_worker(job: dict[str, Any]) -> None:
                       file=sys.stderr, flush=True)
         if step % cfg.eval_every == 0 and step != steps:
             evaluate(step)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != steps:
+            save_state(step)
     if average is not None:  # the last weights' figures beside those of the average that is saved
         evaluate(steps, prefix="heldout_unaveraged_")
         average.copy_to(engine.module)
@@ -167,4 +206,5 @@ def train_worker(job: dict[str, Any]) -> None:
             copy_tokenizer_files(Path(job["model_dir"]), out)
             (Path(folder) / TRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in logger.history))
             (Path(folder) / MARKER).write_text(json.dumps({"step": steps, "final": True, "world_size": world}))
+        write_file_list(Path(folder), rank)
         ray.train.report({"step": steps}, checkpoint=Checkpoint.from_directory(folder))
