@@ -83,11 +83,12 @@ def evaluate(model_dir: Path, task_folder: Path, tasks: list[str], *, batch_size
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import lm_eval
+    import torch
     from lm_eval.tasks import TaskManager
 
     results = lm_eval.simple_evaluate(
-        model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32", "device": "cpu"
-                                if not _cuda() else "cuda"},
+        model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32",
+                                "device": "cuda" if torch.cuda.is_available() else "cpu"},
         tasks=tasks, task_manager=TaskManager(include_path=str(task_folder), include_defaults=False),
         batch_size=batch_size, limit=limit, log_samples=False, num_fewshot=0, random_seed=0, numpy_random_seed=0,
         torch_random_seed=0, fewshot_random_seed=0)
@@ -104,8 +105,3 @@ def flatten(results: dict[str, dict[str, Any]]) -> dict[str, float]:
                 out[f"{task.removeprefix(TASK_PREFIX)}.{metric}"] = float(value)
     return out
 
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

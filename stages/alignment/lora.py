@@ -29,20 +29,9 @@ class LoraSettings(StrictModel):
                                       description="Names of the linear layers that get adapters (module name ends).")
 
 
-def module_names(model_dir: Path) -> set[str]:
-    """The last name part of every module of the model in ``model_dir``, built on the meta device (no weights)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(str(model_dir))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
-
-
 def check_targets(model_dir: Path, settings: LoraSettings, field: str) -> None:
     """Every target module exists in this model: else a one-line error naming ``field``."""
-    present = module_names(model_dir)
+    present = _module_names_of(str(model_dir))
     missing = [t for t in settings.target_modules if t not in present]
     if missing:
         linear = sorted(n for n in present if n.endswith("proj") or n in ("fc1", "fc2", "c_attn", "c_proj"))

@@ -17,34 +17,31 @@ import numpy as np
 import torch
 
 from stages.alignment import launch, lora
-from stages.alignment.lora import ADAPTER_DIR
 from stages.alignment.data import read_rows
 from stages.alignment.evaluate import (EVAL_FILE, SAMPLES, checkable, family_gains, paired_difference, pass_rates, verdict,
                                        write_heldout)
 from stages.alignment.objectives import group_advantages, k3_kl, masked_mean
 from stages.alignment.rewards import mixed
-from stages.alignment.trainer import MODEL_DIR, copy_tokenizer_files
 from stages.core import names
 from stages.core.contract import StageContext, StageResult
 from stages.core.errors import ConfigError, StageError
 from stages.core.ray_runtime import ensure_ray
 from stages.grpo.config import GRPOConfig
 from stages.ppo.roles import PolicyRole, ReferenceRole, RewardRole
-from stages.ppo.trainer import PPOTrainer, eval_sample_seed, rollout_batch, rollout_seed
+from stages.ppo.trainer import PPOTrainer, Roles, eval_sample_seed, rollout_batch, rollout_seed, save_policy
 
 HISTORY = "grpo_log.jsonl"
 
 
 class Scorer:
-    """The reward mix and the reference log-probs of a run, over its Ray actors."""
+    """The reward mix of a run, and its Ray actors (PPO's ``Roles`` without a critic: the reference log-probs come
+    from the reference actor, or from a LoRA policy with its adapters off)."""
 
-    def __init__(self, cfg: GRPOConfig, policy, reference, reward):
-        self.cfg, self.policy, self.reference, self.reward = cfg, policy, reference, reward
+    def __init__(self, cfg: GRPOConfig, roles: Roles):
+        self.cfg, self.roles, self.policy, self.reward = cfg, roles, roles.policy, roles.reward
 
     def reference_logprobs(self, batch, temperature: float | None = None):
-        if self.reference is None:  # a LoRA policy: its own weights with the adapters off
-            return self.policy.reference_logprobs.remote(batch, temperature)
-        return self.reference.logprobs.remote(batch, temperature)
+        return self.roles.reference_logprobs(batch, temperature)
 
     def rewards(self, rows, gens, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(reward, passed, stopped) of each answer."""
@@ -86,7 +83,7 @@ class GRPOTrainer:
             sft_dir, num_cpus=a.reference, temperature=cfg.temperature)
         reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(str(rm.path), num_cpus=a.reward) \
             if cfg.rewards.model else None
-        scorer = Scorer(cfg, policy, reference, reward)
+        scorer = Scorer(cfg, Roles(policy=policy, critic=None, reference=reference, reward=reward))
         try:
             before = self._evaluate(scorer, heldout, cfg, pad_id, ctx.seed)
             history = self._train(ctx, cfg, scorer, prompts, pad_id)
@@ -98,10 +95,7 @@ class GRPOTrainer:
             for actor in (policy, reference, reward):
                 if actor is not None:
                     ray.kill(actor)
-        self._save(sft_dir, state, ctx.output_dir / MODEL_DIR)
-        for name, content in adapter.items():  # bytes from the actor: it may run on another node
-            (ctx.output_dir / ADAPTER_DIR).mkdir(exist_ok=True)
-            (ctx.output_dir / ADAPTER_DIR / name).write_bytes(content)
+        save_policy(sft_dir, state, adapter, ctx.output_dir)
         result = self._result(ctx, cfg, heldout, before, after, history)
         result.metrics.update(counts)
         return result
@@ -189,15 +183,6 @@ class GRPOTrainer:
                        kl_to_sft=float(np.mean(kls)))
         return {"answers": [g.text for g in greedy], "verdicts": verdicts.tolist(), "scores": rewards.tolist(),
                 "sampled_pass": per_prompt_pass.tolist(), "figures": figures}
-
-    @staticmethod
-    def _save(sft_dir: str, state: dict, out: Path) -> None:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype="float32")
-        model.load_state_dict(state)
-        model.save_pretrained(str(out), safe_serialization=True)
-        copy_tokenizer_files(Path(sft_dir), out)
 
     @staticmethod
     def _result(ctx, cfg: GRPOConfig, rows, before, after, history) -> StageResult:

@@ -69,6 +69,20 @@ def rollout_batch(generations, pad_id: int) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": attention, "action_mask": action}
 
 
+def save_policy(sft_dir: str, state: dict, adapter: dict[str, bytes], out: Path) -> None:
+    """The trained policy as a model folder (the plain weights, a LoRA adapter folded in) and, for a LoRA
+    policy, its adapter files: bytes from the actor, which may run on another node."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype="float32")
+    model.load_state_dict(state)
+    model.save_pretrained(str(out / MODEL_DIR), safe_serialization=True)
+    copy_tokenizer_files(Path(sft_dir), out / MODEL_DIR)
+    for name, content in adapter.items():
+        (out / ADAPTER_DIR).mkdir(exist_ok=True)
+        (out / ADAPTER_DIR / name).write_bytes(content)
+
+
 class AdaptiveKL:
     """Ziegler et al. (2019): nudge the coefficient so the per-answer KL tracks a target."""
 
@@ -125,10 +139,7 @@ class PPOTrainer:
             for actor in (policy, critic, reference, reward):
                 if actor is not None:
                     ray.kill(actor)
-        self._save(sft_dir, state, ctx.output_dir / MODEL_DIR)
-        for name, content in adapter.items():  # bytes from the actor: it may run on another node
-            (ctx.output_dir / ADAPTER_DIR).mkdir(exist_ok=True)
-            (ctx.output_dir / ADAPTER_DIR / name).write_bytes(content)
+        save_policy(sft_dir, state, adapter, ctx.output_dir)
         result = self._result(ctx, cfg, heldout, before, after, history)
         result.metrics.update(counts)
         return result
@@ -258,15 +269,6 @@ class PPOTrainer:
         return {"answers": [g.text for g in greedy], "verdicts": verdicts, "scores": scores.tolist(),
                 "sampled_pass": sampled_pass.tolist(), "sampled_scores": np.mean(sampled_scores, axis=0).tolist(),
                 "figures": figures}
-
-    @staticmethod
-    def _save(sft_dir: str, state: dict, out: Path) -> None:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype="float32")
-        model.load_state_dict(state)
-        model.save_pretrained(str(out), safe_serialization=True)
-        copy_tokenizer_files(Path(sft_dir), out)
 
     def _result(self, ctx, cfg, rows, before, after, history) -> StageResult:
         out = ctx.output_dir
