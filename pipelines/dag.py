@@ -13,7 +13,7 @@ from stages.registry import choice_values, dag_order, stage_class
 def chosen(name: str, choices: Mapping[str, Any]) -> bool:
     """Whether a stage runs under these pipeline-section values (``runs_when``: e.g. ``alignment: dpo``)."""
     defaults = {key: values[0] for key, values in choice_values().items()}  # a run logged before the key existed
-    return all(str(choices.get(key, defaults[key])) == value for key, value in stage_class(name).runs_when.items())
+    return stage_class(name).runs_under({**defaults, **choices})
 
 
 def stages_to_run(until: str | None, choices: Mapping[str, Any]) -> list[str]:
@@ -27,7 +27,7 @@ def stages_to_run(until: str | None, choices: Mapping[str, Any]) -> list[str]:
     if until not in names:
         wanted = stage_class(until).runs_when
         now = ", ".join(f"pipeline.{k} is '{choices.get(k)}'" for k in wanted)
-        sets = " ".join(f"pipeline.{k}={v}" for k, v in wanted.items())
+        sets = " ".join(f"pipeline.{k}={v.split('|')[0]}" for k, v in wanted.items())
         raise ConfigError(f"--until {until}: {now}, which does not run it; set {sets} to run {until}")
     needed = {until}
     for name in reversed(names[: names.index(until) + 1]):

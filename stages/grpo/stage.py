@@ -32,12 +32,6 @@ class GRPOStage(Stage[GRPOConfig]):
         from stages.alignment.lora import check_pipeline_targets
 
         check_pipeline_targets(cls, config)
-        if getattr(config.pipeline, "alignment", None) == "grpo" and config.grpo.rewards.model:
-            from stages.registry import stage_class
-
-            if "grpo" not in stage_class("reward").runs_when.get("alignment", "").split("|"):
-                raise ValueError("grpo.rewards.model needs the reward stage, which does not run with "
-                                 "pipeline.alignment: grpo")
 
     def run(self, ctx: StageContext[GRPOConfig]) -> StageResult:
         from stages.grpo.trainer import GRPOTrainer

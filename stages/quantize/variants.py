@@ -152,8 +152,15 @@ class QuantizeVariants:
                 text = tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip()
                 if text:
                     documents.append(text)
-        return harness.write_tasks(ctx.output_dir / HARNESS_DIR, rows_eval, documents, end_of_turn(tokenizer),
-                                   cfg.eval.max_new_tokens)
+        tasks = harness.write_tasks(ctx.output_dir / HARNESS_DIR, rows_eval, documents, end_of_turn(tokenizer),
+                                    cfg.eval.max_new_tokens)
+        if cfg.lm_eval.humaneval:
+            from stages.alignment.humaneval import load_problems
+
+            tasks.append(harness.write_humaneval_task(ctx.output_dir / HARNESS_DIR,
+                                                      load_problems(limit=cfg.lm_eval.humaneval),
+                                                      cfg.lm_eval.humaneval_max_tokens))
+        return tasks
 
     def after_logged(self, tracker, run_id, output_dir, result, pipeline_name) -> dict[str, str]:
         chosen = result.details["chosen"]

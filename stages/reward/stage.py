@@ -22,7 +22,7 @@ class RewardStage(Stage[RewardConfig]):
                Figure("pairwise_accuracy.*", "higher"), Figure("spearman.*", "higher"), Figure("heldout_loss", "lower"),
                Figure("sampled_pass_rate", "higher"), Figure("goal.*", "higher"))
     model_kinds = ("reward",)
-    runs_when = {"alignment": "ppo"}
+    runs_when = {"alignment": "ppo|grpo"}
     dashboard = Dashboard(curves={"Reward model: pairwise accuracy": ("accuracy", "heldout_accuracy")})
     inputs = {"model": "sft:model", "train": "align_data:pref_train", "heldout": "align_data:pref_heldout",
               "prompts": "align_data:sft_heldout", "train_prompts": "align_data:sft_train"}

@@ -34,10 +34,11 @@ def tiny(tmp_path_factory, prefect_server):
         dpo_args = args + ["--set", "pipeline.alignment=dpo", "--set", "deploy.gate.max_pass_rate_drop=1",
                            "--set", "deploy.gate.max_perplexity_increase=1000", "--set", "dpo.lora.r=4"]
         dpo = last_json(run_cli(dpo_args).stdout)
-        # GRPO with a LoRA policy on the checkers' reward, up to quantize (no third server start)
+        # GRPO with a LoRA policy on the checkers' reward mixed with the reward model's (the PPO run's reward stage,
+        # cached), up to quantize (no third server start)
         grpo = last_json(run_cli(["run", "--config", str(TINY), "--until", "quantize", "--set",
                                   f"engines.prefect.port={prefect_server['port']}", "--set", "pipeline.alignment=grpo",
-                                  "--set", "grpo.lora.r=4"]).stdout)
+                                  "--set", "grpo.lora.r=4", "--set", "grpo.rewards.model=0.5"]).stdout)
         yield {"home": home, "args": args, "dpo_args": dpo_args, "ppo": ppo, "dpo": dpo, "grpo": grpo,
                "client": MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}"), "prefect": prefect_server}
 
@@ -165,12 +166,16 @@ def test_the_dpo_path_trains_a_lora_adapter_and_registers_the_merged_model(tiny,
 
 def test_the_grpo_path_trains_a_lora_policy_on_verifiable_rewards(tiny, tmp_path):
     client, grpo, ppo = tiny["client"], tiny["grpo"], tiny["ppo"]
-    assert list(grpo["stages"])[-3:] == ["sft", "grpo", "quantize"] and "reward" not in grpo["stages"]
-    assert grpo["stages"]["sft"] == ppo["stages"]["sft"] and "sft" in grpo["cache_hits"]
+    assert list(grpo["stages"])[-4:] == ["sft", "reward", "grpo", "quantize"]
+    assert grpo["stages"]["sft"] == ppo["stages"]["sft"] and {"sft", "reward"} <= set(grpo["cache_hits"])
+    grpo_manifest = json.loads(Path(client.download_artifacts(grpo["stages"]["grpo"], "manifest.json",
+                                                              str(tmp_path / "g"))).read_text())
+    assert grpo_manifest["inputs"]["reward_model"]["run_id"] == ppo["stages"]["reward"]  # the mix's reward model
     run = client.get_run(grpo["stages"]["grpo"])
     assert {"grpo.pass_rate", "sft.pass_rate", "grpo.kl_to_sft", "grpo_minus_sft.pass_rate.ci_low",
             "grpo.sampled_pass_rate"} <= set(run.data.metrics)
-    for name in ("reward", "reward_std", "kl", "entropy", "policy_loss", "response_length", "clip_ratio"):
+    for name in ("reward", "reward_std", "kl", "entropy", "policy_loss", "response_length", "clip_ratio",
+                 "model_score"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2, 3], name
     assert {"adapter/adapter_config.json"} <= {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
     assert 0 < run.data.metrics["trainable_parameters"] < 0.2 * run.data.metrics["parameters"]

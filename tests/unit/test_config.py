@@ -44,7 +44,7 @@ def test_apply_overrides_creates_nested_sections_without_touching_input():
         ("quantize.variants=[int3]", "'quantize.variants.0'"),
         ("quantize.bits=4", "unknown key 'quantize.bits'"),
         ("align_data.families=[poetry]", "unknown families ['poetry']; allowed: count_words"),
-        ("pipeline.alignment=rlhf", "Input should be 'ppo', 'dpo' or 'grpo'"),
+        ("pipeline.alignment=rlhf", "Input should be 'ppo', 'grpo' or 'dpo'"),
         ("sft.micro_batch_size=0", "'sft.micro_batch_size' (0)"),
         ("reward.ema_decay=1.5", "'reward.ema_decay' (1.5): Input should be less than 1"),
         ("reward.lm_coef=-1", "'reward.lm_coef' (-1)"),

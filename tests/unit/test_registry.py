@@ -40,6 +40,9 @@ def test_until_runs_a_stage_and_what_it_reads_from_only():
     assert stages_to_run("align_data", ppo) == ["ingest", "dedup", "quality", "tokenize", "align_data"]
     assert stages_to_run("pretrain", ppo) == ["ingest", "dedup", "quality", "tokenize", "pretrain"]
     assert stages_to_run("quantize", {"alignment": "dpo"})[-3:] == ["sft", "dpo", "quantize"]
+    # the reward stage declares alignment "ppo|grpo": GRPO's reward mix may weigh its model
+    assert stages_to_run("quantize", {"alignment": "grpo"})[-4:] == ["sft", "reward", "grpo", "quantize"]
+    assert registry.choice_values()["alignment"] == ("ppo", "grpo", "dpo")
     assert upstream_in_run("quantize", stages_to_run(None, ppo)) == ["tokenize", "align_data", "ppo"]
 
 
