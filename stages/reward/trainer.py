@@ -42,7 +42,10 @@ def accuracy_goal(goal, by_family: dict[str, list[float]]) -> dict[str, float]:
     if not judged:
         return {}
     accuracy = float(np.mean(judged))
-    return {"goal.pairwise_accuracy": accuracy, "goal.met": float(accuracy >= goal.min_accuracy)}
+    families = [f for f in goal.families if f in by_family]
+    reached = sum(float(np.mean(by_family[f])) >= goal.min_accuracy for f in families)
+    return {"goal.pairwise_accuracy": accuracy, "goal.met": float(accuracy >= goal.min_accuracy),
+            "goal.families_met": float(reached), "goal.families": float(len(families))}
 
 
 class RewardTrainer:

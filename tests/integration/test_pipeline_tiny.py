@@ -383,6 +383,8 @@ def _check_alignment(client: MlflowClient, summary: dict, tmp_path: Path) -> Non
             m[f"pairwise_accuracy.{family}.ci_high"]
     judged = [p["family"] in ("language", "question_type") for p in pairs]
     assert m["goal.met"] == float(m["goal.pairwise_accuracy"] >= 0.8) and sum(judged) > 0
+    assert m["goal.families"] == 2 and m["goal.families_met"] == sum(
+        m[f"pairwise_accuracy.{f}"] >= 0.8 for f in ("language", "question_type"))
     assert client.get_model_version_by_alias("lmforge-tiny-reward", "latest-reward").run_id == reward.info.run_id
 
     ppo = client.get_run(runs["ppo"])
