@@ -5,7 +5,8 @@ as a ``LoRARequest``, and compares the tokens with the merged model's that the r
     LMFORGE_HOME=/tmp/fthome .venv/bin/python bench/vllm_lora_check.py --run RUN_ID --base BASE_RUN_ID
 
 RUN_ID: a LoRA alignment run (sft, grpo, ...) with ``adapter/`` and ``model/`` artifacts; BASE_RUN_ID:
-the import_model (or pretrain) run whose ``model/`` the adapter was trained on.
+the run whose ``model/`` the adapter was trained on (grpo's: the sft run; sft's: import_model's). The
+first generation with an adapter includes loading it: the times are not a throughput comparison.
 """
 
 from __future__ import annotations
