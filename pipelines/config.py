@@ -90,8 +90,8 @@ def _choice_fields() -> dict[str, Any]:
 
     values: dict[str, dict[str, list[str]]] = {}
     for name, cls in stage_classes().items():
-        for key, value in cls.runs_when.items():
-            for one in value.split("|"):
+        for key, options in cls.runs_when_options().items():
+            for one in options:
                 values.setdefault(key, {}).setdefault(one, []).append(name)
     fields = {}
     for key, by_value in values.items():

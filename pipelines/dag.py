@@ -25,9 +25,9 @@ def stages_to_run(until: str | None, choices: Mapping[str, Any]) -> list[str]:
     if until not in dag_order():
         raise ConfigError(f"--until: unknown stage '{until}'; allowed: {', '.join(names)}")
     if until not in names:
-        wanted = stage_class(until).runs_when
+        wanted = stage_class(until).runs_when_options()
         now = ", ".join(f"pipeline.{k} is '{choices.get(k)}'" for k in wanted)
-        sets = " ".join(f"pipeline.{k}={v.split('|')[0]}" for k, v in wanted.items())
+        sets = " ".join(f"pipeline.{k}={options[0]}" for k, options in wanted.items())
         raise ConfigError(f"--until {until}: {now}, which does not run it; set {sets} to run {until}")
     needed = {until}
     for name in reversed(names[: names.index(until) + 1]):

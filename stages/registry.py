@@ -100,8 +100,8 @@ def choice_values() -> dict[str, tuple[str, ...]]:
     """Each ``runs_when`` key the stages declare -> its allowed values, the default (listed first) first."""
     values: dict[str, dict[str, None]] = {}
     for cls in stage_classes().values():
-        for key, value in cls.runs_when.items():
-            for one in value.split("|"):
+        for key, options in cls.runs_when_options().items():
+            for one in options:
                 values.setdefault(key, {})[one] = None
     return {key: tuple(found) for key, found in values.items()}
 

@@ -155,10 +155,15 @@ class Stage(Generic[ConfigT]):
     dashboard: ClassVar[Dashboard] = Dashboard()
 
     @classmethod
+    def runs_when_options(cls) -> dict[str, list[str]]:
+        """``runs_when`` with each choice's values listed (``"ppo|grpo"`` -> ``["ppo", "grpo"]``)."""
+        return {key: value.split("|") for key, value in cls.runs_when.items()}
+
+    @classmethod
     def runs_under(cls, choices: Any) -> bool:
         """Whether this stage runs under these ``pipeline.*`` values (a mapping, or the pipeline section)."""
         get = choices.get if hasattr(choices, "get") else lambda key: getattr(choices, key, None)
-        return all(str(get(key)) in value.split("|") for key, value in cls.runs_when.items())
+        return all(str(get(key)) in values for key, values in cls.runs_when_options().items())
 
     @classmethod
     def check_pipeline(cls, config: Any) -> None:

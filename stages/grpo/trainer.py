@@ -39,20 +39,19 @@ class Scorer:
 
     def __init__(self, cfg: GRPOConfig, roles: Roles):
         self.cfg, self.roles, self.policy, self.reward = cfg, roles, roles.policy, roles.reward
-        self.last_model_scores: np.ndarray | None = None  # the reward model's part of the last batch, for its curve
 
     def reference_logprobs(self, batch, temperature: float | None = None):
         return self.roles.reference_logprobs(batch, temperature)
 
-    def rewards(self, rows, gens, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(reward, passed, stopped) of each answer."""
+    def rewards(self, rows, gens, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(reward, passed, stopped, the reward model's score or None when the mix does not weigh it) of each
+        answer."""
         import ray
 
         passed = np.array([verdict(row, g.text) for row, g in zip(rows, gens)])
         stopped = np.array([g.stopped for g in gens])
         scores = np.array(ray.get(self.reward.score.remote(batch))) if self.reward is not None else None
-        self.last_model_scores = scores
-        return mixed(self.cfg.rewards, passed, stopped, scores), passed, stopped
+        return mixed(self.cfg.rewards, passed, stopped, scores), passed, stopped, scores
 
 
 class GRPOTrainer:
@@ -120,7 +119,7 @@ class GRPOTrainer:
             t1 = time.time()
             old_lp, ref_lp = (np.array(x) for x in ray.get([policy.logprobs.remote(batch),
                                                            scorer.reference_logprobs(batch)]))
-            rewards, passed, stopped = scorer.rewards(rows, gens, batch)
+            rewards, passed, stopped, model_scores = scorer.rewards(rows, gens, batch)
             t2 = time.time()
             mask = torch.from_numpy(batch["action_mask"])
             advantage = group_advantages(torch.from_numpy(rewards).float(), group, cfg.scale_rewards)
@@ -146,8 +145,8 @@ class GRPOTrainer:
                 "policy_grad_norm": float(np.mean([u["policy_grad_norm"] for u in updates])),
                 "time_generation_s": t1 - t0, "time_scoring_s": t2 - t1, "time_training_s": t3 - t2,
             }
-            if scorer.last_model_scores is not None:
-                metrics["model_score"] = float(scorer.last_model_scores.mean())
+            if model_scores is not None:
+                metrics["model_score"] = float(model_scores.mean())
             history.append({"step": step, **metrics})
             if step % cfg.log_every == 0 or step == cfg.steps:
                 ctx.log_metrics(metrics, step=step)
@@ -167,7 +166,7 @@ class GRPOTrainer:
         texts = [row["prompt_text"] for row in rows]
         greedy = ray.get(policy.generate.remote(texts, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
                                                 do_sample=False, seed=seed))
-        rewards, verdicts, _ = scorer.rewards(rows, greedy, rollout_batch(greedy, pad_id))
+        rewards, verdicts, _, _ = scorer.rewards(rows, greedy, rollout_batch(greedy, pad_id))
         kls, sampled_pass, sampled_rewards = [], [], []
         for k in range(ev.samples_per_prompt):
             sampled = ray.get(policy.generate.remote(texts, max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
@@ -176,7 +175,7 @@ class GRPOTrainer:
             sb = rollout_batch(sampled, pad_id)
             lp, ref = ray.get([policy.logprobs.remote(sb, ev.temperature), scorer.reference_logprobs(sb, ev.temperature)])
             kls.append(((np.array(lp) - np.array(ref)) * sb["action_mask"]).sum(1))
-            r, p, _ = scorer.rewards(rows, sampled, sb)
+            r, p, _, _ = scorer.rewards(rows, sampled, sb)
             sampled_rewards.append(r)
             sampled_pass.append(p)
         per_prompt_pass = np.mean(sampled_pass, axis=0)
