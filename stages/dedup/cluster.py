@@ -48,21 +48,32 @@ def candidate_pairs(keys: np.ndarray, doc_index: np.ndarray, max_bucket: int = 5
     for band in range(keys.shape[1]):
         column = keys[:, band]
         order = np.lexsort((doc_index, column))
-        sorted_keys, sorted_docs = column[order], doc_index[order]
-        boundaries = np.flatnonzero(np.diff(sorted_keys)) + 1
-        starts = np.concatenate([[0], boundaries])
-        ends = np.concatenate([boundaries, [len(sorted_keys)]])
-        multi = np.flatnonzero(ends - starts > 1)
-        for s, e in zip(starts[multi], ends[multi]):
-            members = sorted_docs[s:e]
-            if len(members) <= max_bucket:
-                i, j = np.triu_indices(len(members), k=1)
-                pairs.append(np.stack([members[i], members[j]], axis=1))
-            else:
-                pairs.append(np.stack([np.full(len(members) - 1, members[0]), members[1:]], axis=1))
+        sorted_keys = column[order]
+        pairs += bucket_pairs(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]), doc_index[order],
+                              max_bucket)
     if not pairs:
         return np.empty((0, 2), dtype=np.int64)
     return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
+
+
+def bucket_pairs(starts_bucket: np.ndarray, members: np.ndarray, max_bucket: int) -> list[np.ndarray]:
+    """Pair arrays of buckets laid out one after another (``starts_bucket[i]``: row i opens a bucket;
+    members ascending within a bucket): every pair of a bucket of at most ``max_bucket``, else a star
+    around its smallest member."""
+    if not len(members):
+        return []
+    starts = np.flatnonzero(starts_bucket)
+    ends = np.concatenate([starts[1:], [len(members)]])
+    multi = np.flatnonzero(ends - starts > 1)
+    pairs: list[np.ndarray] = []
+    for s, e in zip(starts[multi], ends[multi]):
+        group = members[s:e]
+        if len(group) <= max_bucket:
+            i, j = np.triu_indices(len(group), k=1)
+            pairs.append(np.stack([group[i], group[j]], axis=1))
+        else:
+            pairs.append(np.stack([np.full(len(group) - 1, group[0]), group[1:]], axis=1))
+    return pairs
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -26,6 +26,9 @@ class DedupConfig(StageConfig):
     minhash_seed: int = Field(1, description="Seed of the MinHash permutations.")
     max_bucket: int = Field(50, ge=2, description="Buckets larger than this are linked as a star, not all pairs.")
     shard_docs: int = Field(4000, ge=1, description="Documents per Ray task.")
+    partitions: Optional[int] = Field(None, ge=1, le=4096, description=(
+        "Partitions of the shuffles between passes (LSH buckets, exact keys, duplicate-graph edges); "
+        "null = one per shard, at most 256."))
     task_cpus: float = Field(1.0, gt=0, le=64, description="num_cpus of each Ray task.")
     max_doc_chars: int = Field(8_000_000, gt=0, description="Longer texts are quarantined as too_large.")
     output_format: Literal["jsonl", "parquet"] = Field("jsonl", description="kept.jsonl, or kept/part-*.parquet.")

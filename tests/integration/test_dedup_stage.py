@@ -8,7 +8,9 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 
+import numpy as np
 import psutil
 import pytest
 
@@ -89,6 +91,16 @@ def test_standalone_dedup_contract(home, tmp_path):
     expected = {d["id"]: REASONS.get(int(s), "kept") for d, s in zip(valid_docs, core.status)}
     actual = {**{d["id"]: "kept" for d in kept}, **{d["id"]: d["reason"] for d in removed}}
     assert actual == expected
+    # ... and links every removed document to the same duplicate and cluster, with the same cluster sizes
+    ids = [d["id"] for d in valid_docs]
+    for record in removed:
+        i = ids.index(record["id"])
+        dup = int(core.duplicate_of[i])
+        assert (record["duplicate_of"], record["cluster_id"]) == (ids[dup] if dup >= 0 else None, ids[core.cluster[i]])
+    sizes = np.bincount(core.cluster, minlength=len(ids))
+    assert {d["id"]: d["dup_cluster_size"] for d in kept} == {d["id"]: int(sizes[ids.index(d["id"])]) for d in kept}
+    assert manifest["details"]["cluster_size_histogram"] == \
+        {str(k): v for k, v in sorted(Counter(int(s) for s in sizes[sizes > 0]).items())}
 
     # same input and config: byte-identical outputs
     out2 = tmp_path / "out2"

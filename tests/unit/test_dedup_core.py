@@ -144,3 +144,52 @@ def test_bands_and_rows_validation():
     with pytest.raises(ConfigError, match="exceeds num_perm"):
         validate(C, {"bands": 20, "rows": 10}, prefix="dedup.")
     assert C(bands=16, rows=8).lsh() == (16, 8)
+
+
+def _components_by_rounds(n, a, b, partitions, tmp_path):
+    from stages.core.partitioned import read_partition_of_all
+    from stages.dedup.components import connected_components, labels, write_edges
+
+    half = len(a) // 2
+    write_edges(tmp_path / "edges" / "x.part", a[:half], b[:half], partitions)
+    write_edges(tmp_path / "edges" / "y.part", a[half:], b[half:], partitions)
+    star, rounds = connected_components(tmp_path / "edges", tmp_path, partitions,
+                                        lambda label, fn, args: [fn(*x) for x in args])
+    found = {}
+    for p in range(partitions):
+        table = read_partition_of_all(star, p)
+        if table:
+            nodes, roots = labels(table["u"], table["v"])
+            found.update(zip(nodes.tolist(), roots.tolist()))
+    return found, rounds
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_star_rounds_find_the_components_union_find_finds(seed, tmp_path):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(50, 400))
+    a, b = rng.integers(0, n, 2 * n), rng.integers(0, n, 2 * n)
+    if seed % 2:  # long chains, the star rounds' slowest case
+        a, b = np.arange(n - 1), np.arange(1, n)
+    a, b = a[a != b], b[a != b]
+    found, rounds = _components_by_rounds(n, a, b, int(rng.integers(1, 6)), tmp_path)
+    roots = clusters(n, np.stack([a, b], axis=1))
+    smallest = {}
+    for i in range(n):
+        smallest.setdefault(int(roots[i]), i)
+    assert found == {i: smallest[int(roots[i])] for i in set(a.tolist()) | set(b.tolist())}
+    assert rounds >= 2
+
+
+def test_partitioned_table_reads_back_each_partition(tmp_path):
+    from stages.core.partitioned import read_partition, read_partition_of_all, write_table
+
+    path = tmp_path / "t" / "m0.part"
+    write_table(path, np.array([2, 0, 2, 1]), 3, {"id": np.array([b"a", b"bb", b"c", b"dddd"]),
+                                                  "bits": [np.arange(3), np.arange(0), np.arange(2), np.arange(5)]})
+    assert read_partition(path, 0)["id"].tolist() == [b"bb"]
+    two = read_partition(path, 2)
+    assert two["id"].tolist() == [b"a", b"c"] and [x.tolist() for x in two["bits"]] == [[0, 1, 2], [0, 1]]
+    write_table(tmp_path / "t" / "m1.part", np.array([2]), 3, {"id": np.array([b"zzzzzz"]), "bits": [np.arange(1)]})
+    assert read_partition_of_all(tmp_path / "t", 2)["id"].tolist() == [b"a", b"c", b"zzzzzz"]
+    assert read_partition_of_all(tmp_path / "missing", 0) == {}
