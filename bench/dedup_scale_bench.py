@@ -1,18 +1,21 @@
-"""dedup stage wall time and peak RSS at 1x and 4x the demo corpus.
+"""dedup at growing corpus sizes: wall time, documents/s per core, the driver's peak RSS apart from
+the Ray workers', the largest worker's, the work store's peak size, and recall / precision of the
+planted near-duplicate clusters (bench/planted_corpus.py), so the claim "the driver's memory does
+not grow with the corpus" is a measured one.
 
-Input: the ingest output of the demo config (run `lmforge stage ingest --config
-pipelines/configs/demo.yaml --output DIR` first, or pass --ingest-dir). 4x is the corpus
-plus three rewritten copies (each line's words reversed / rotated / pairwise swapped),
-so the copies are new documents, not duplicates, and the work scales like a 4x corpus.
-Peak RSS is the whole process tree (CLI driver + Ray workers), sampled every 0.2 s.
+    .venv/bin/lmforge stage ingest --config pipelines/configs/demo.yaml --output /tmp/demo-ingest
+    .venv/bin/lmforge stage dedup --config pipelines/configs/demo.yaml --input /tmp/demo-ingest/kept --output /tmp/demo-dedup
+    .venv/bin/python bench/dedup_scale_bench.py --base /tmp/demo-dedup/kept.jsonl --docs 250000 1000000
 
-Usage: .venv/bin/python bench/dedup_scale_bench.py --ingest-dir DIR [--scales 1 4]
+``--baseline-tree DIR`` also runs the dedup of another checkout (e.g. ``git worktree add /tmp/old
+<commit>``) on the same corpora, beside this one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,66 +24,98 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from bench.platform_bench import tree_rss
-from stages.core.docio import read_documents
-
-REWRITES = [
-    lambda line: line,
-    lambda line: " ".join(reversed(line.split(" "))),
-    lambda line: " ".join((w := line.split(" "))[1:] + w[:1]),
-    lambda line: " ".join(b for pair in zip(line.split(" ")[1::2], line.split(" ")[0::2]) for b in pair),
-]
+from bench.planted_corpus import write as write_corpus
 
 
-def write_scaled(ingest_dir: Path, scale: int, dest: Path) -> int:
-    count = 0
-    with open(dest, "w", encoding="utf-8") as out:
-        for k in range(scale):
-            for doc in read_documents(ingest_dir):
-                if not isinstance(doc, dict):
-                    continue
-                text = "\n".join(REWRITES[k](line) for line in doc["text"].split("\n"))
-                out.write(json.dumps({**doc, "id": f"{doc['id']}~{k}", "text": text}, ensure_ascii=False) + "\n")
-                count += 1
-    return count
+def _rss(proc: psutil.Process) -> int:
+    try:
+        return proc.memory_info().rss
+    except psutil.Error:
+        return 0
 
 
-def run(input_path: Path, out: Path) -> dict:
-    cmd = [str(Path(sys.executable).parent / "lmforge"), "stage", "dedup", "--input", str(input_path),
-           "--output", str(out), "--config", "pipelines/configs/demo.yaml"]
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def run(tree: Path, corpus: Path, out: Path, truth: dict[str, str]) -> dict:
+    cmd = [sys.executable, "-m", "stages", "dedup", "--input", str(corpus), "--output", str(out),
+           "--config", str(ROOT / "pipelines/configs/demo.yaml")]
+    env = {**os.environ, "PYTHONPATH": str(tree), "LMFORGE_HOME": str(out.parent / "home")}
     started = time.time()
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    ps, peak = psutil.Process(proc.pid), 0
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    driver = psutil.Process(proc.pid)
+    driver_peak, worker_peak, store_peak, ticks = 0, 0, 0, 0
     while proc.poll() is None:
-        peak = max(peak, tree_rss(ps))
+        driver_peak = max(driver_peak, _rss(driver))
+        try:
+            children = driver.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            try:
+                if child.cmdline()[:1] and child.cmdline()[0].startswith("ray::"):
+                    worker_peak = max(worker_peak, _rss(child))
+            except psutil.Error:
+                pass
+        if ticks % 10 == 0:
+            store_peak = max(store_peak, _tree_bytes(out))
+        ticks += 1
         time.sleep(0.2)
+    wall = time.time() - started
     if proc.returncode:
-        raise SystemExit(f"dedup failed: {proc.stdout.read()}")
-    manifest = json.loads((out / "manifest.json").read_text())
-    m = manifest["metrics"]
-    return {"docs": int(m["docs_in"]), "input_mb": round(input_path.stat().st_size / 1e6, 1),
-            "wall_s": round(time.time() - started, 1), "peak_tree_rss_mb": round(peak / 2**20),
-            "signature_docs_per_s": round(m.get("signature_docs_per_s", 0)), "kept": int(m["kept"]),
-            "exact_removed": int(m["exact_removed"]), "near_removed": int(m["near_removed"]),
-            "boilerplate_mb": round(m["boilerplate_chars"] / 1e6, 1),
-            "step_seconds": {k[5:]: v for k, v in m.items() if k.startswith("time.")}}
+        raise SystemExit(f"dedup in {tree} failed: {proc.stdout.read()[-2000:]}")
+    metrics = json.loads((out / "manifest.json").read_text())["metrics"]
+    return {"wall_s": round(wall, 1), "docs_per_s_per_core": round(metrics["docs_in"] / wall / os.cpu_count(), 1),
+            "driver_peak_rss_mb": round(driver_peak / 2**20), "worker_peak_rss_mb": round(worker_peak / 2**20),
+            "work_store_peak_mb": round(store_peak / 2**20), **score(out, truth),
+            "step_seconds": {k[5:]: v for k, v in metrics.items() if k.startswith("time.")}}
+
+
+def score(out: Path, truth: dict[str, str]) -> dict:
+    """Recall: planted copies removed as duplicates. Precision: removed duplicates that are planted
+    copies (the others are pairs of the base corpus with a verified Jaccard above the threshold that
+    the base corpus's own dedup missed)."""
+    found = removed = 0
+    with open(out / "removed.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if record["reason"] in ("exact", "near"):
+                removed += 1
+                found += record["id"] in truth
+    return {"recall": round(found / max(1, len(truth)), 4), "precision": round(found / max(1, removed), 4),
+            "planted_copies": len(truth)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ingest-dir", type=Path, required=True, help="ingest output: its kept/ folder or kept.jsonl")
-    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, required=True, help="a deduplicated corpus: dedup's kept.jsonl")
+    parser.add_argument("--docs", type=int, nargs="+", default=[250_000, 1_000_000])
+    parser.add_argument("--baseline-tree", type=Path, help="another checkout whose dedup runs beside this one")
     args = parser.parse_args()
-    results = {}
+    trees = {"this": ROOT, **({"baseline": args.baseline_tree.resolve()} if args.baseline_tree else {})}
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for scale in args.scales:
-            path = Path(tmp) / f"x{scale}.jsonl"
-            write_scaled(args.ingest_dir, scale, path)
-            results[f"{scale}x"] = run(path, Path(tmp) / f"out{scale}")
-            path.unlink()
+        for docs in args.docs:
+            corpus = Path(tmp) / f"corpus-{docs}.jsonl"
+            truth = write_corpus(args.base, docs, corpus)
+            for name, tree in trees.items():
+                out = Path(tmp) / f"{name}-{docs}" / "out"
+                out.parent.mkdir()
+                results[f"{name} {docs}"] = row = {"docs": docs, **run(tree, corpus, out, truth)}
+                print(json.dumps({name: row}), flush=True)
+                subprocess.run(["rm", "-rf", str(out.parent)])
+            corpus.unlink()
     print(json.dumps(results, indent=1))
 
 

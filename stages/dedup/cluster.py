@@ -1,4 +1,6 @@
-"""Candidate pairs from LSH buckets, verification, and clusters by union-find.
+"""Candidate pairs from LSH buckets, verification, and clusters by union-find (the in-process
+reference in ``core.dedup_documents``; the Ray stage finds the same clusters with
+``components.py``).
 
 Only integer document indices of candidate pairs are held here, never texts.
 """

@@ -247,7 +247,7 @@ def task_member_facts(shard: str, index: int, work: Work) -> None:
     t = work.read(LABELS, index)
     if not t or not len(t["node"]):
         return
-    state = np.load(work.root / STATE.format(index))
+    state = dict(np.load(work.root / STATE.format(index)))
     rows = t["node"] - work.offsets[index]
     near_active = state["active"] & ~state["empty"]
     score = np.where(near_active[rows], state["lengths"][rows], -1)
@@ -279,7 +279,7 @@ def task_kept_members(part: int, work: Work) -> dict[int, int]:
 def task_write(shard: str, index: int, work: Work, fmt: str) -> dict[str, Any]:
     """Every document of the shard, kept or removed with its reason, its duplicate and its cluster."""
     base = work.offsets[index]
-    state = np.load(work.root / STATE.format(index))
+    state = dict(np.load(work.root / STATE.format(index)))
     exact = _exact_copies(work, index)
     exact_of = {int(n - base): _id(r) for n, r in zip(exact["node"], exact["rep_id"])}
     kept_of = {int(n - base): (int(r - base), _id(i), int(s)) for n, r, i, s in

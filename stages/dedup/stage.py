@@ -1,9 +1,11 @@
-"""dedup on Ray: every pass is one Ray task per shard; the driver combines small arrays.
+"""dedup on Ray: every pass is a wave of Ray tasks, one per shard or per hash partition, that
+hand their rows to the next wave through partitioned work tables.
 
-Passes: (A) exact keys -> exact clusters; (B) unit counts -> boilerplate set; (C) strip
-boilerplate, MinHash signatures, LSH band keys; (V) shingles of candidate documents
--> verified pairs -> union-find clusters; (D) write kept/removed parts in shard order.
-The driver holds ids, hashes and band keys, never the corpus.
+Passes: (A) exact keys -> exact groups; (B) unit counts -> boilerplate set; (C) strip
+boilerplate, MinHash signatures, LSH band keys -> bucket pairs; (V) shingles exchanged between
+the shards of each candidate pair -> verified pairs -> connected components in large-star /
+small-star rounds -> each component's kept member; (D) write kept/removed parts in shard order.
+The driver holds per-shard counts and the boilerplate set, never a per-document array.
 
 The stage's declarations; what it does is in ``passes.py``, imported when it runs (so listing
 the stages, building the config and checking ``--until`` stay fast).
