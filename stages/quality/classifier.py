@@ -45,21 +45,32 @@ def as_line(text: str, max_chars: int) -> str:
     return " ".join(text[:max_chars].split()).lower()
 
 
+def training_line(label: str, line: str) -> str:
+    return f"__label__{label} {line}\n"
+
+
 def train(examples: list[tuple[str, str]], cfg: ClassifierConfig, workdir: Path):
     """Train on (label, line) pairs in the given order; returns the model."""
-    import fasttext
-
     path = workdir / "classifier-train.txt"
     with open(path, "w", encoding="utf-8") as handle:
         for label, line in examples:
-            handle.write(f"__label__{label} {line}\n")
+            handle.write(training_line(label, line))
+    model = train_file(path, cfg)
+    path.unlink()
+    return model
+
+
+def train_file(path: Path, cfg: ClassifierConfig):
+    """Train on a file of ``training_line``s (fastText reads it itself, so the examples are never held
+    in Python); single-threaded and seeded, so the same file gives the same model."""
+    import fasttext
+
     model = fasttext.train_supervised(
         input=str(path), epoch=cfg.epoch, lr=cfg.lr, dim=cfg.dim, wordNgrams=cfg.word_ngrams,
         bucket=cfg.bucket, thread=1, seed=cfg.seed, minCount=2, verbose=0,
     )
     if cfg.quantize:
         model.quantize(input=str(path), qnorm=True, retrain=False, cutoff=100_000, thread=1)
-    path.unlink()
     return model
 
 

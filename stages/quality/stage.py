@@ -1,10 +1,12 @@
-"""quality on Ray: (T) labeled examples gathered per shard and the classifier trained in
-the driver, single-threaded and seeded; (Q) every shard masked, language-tagged,
-filtered and scored by a Ray task that writes its kept/removed parts."""
+"""quality on Ray: (T) each shard's labeled examples written to work files by a Ray task, and
+the classifier trained by one more task on them, single-threaded and seeded (the driver sees only
+counts); (Q) every shard masked, language-tagged, filtered and scored by a Ray task that writes its
+kept/removed parts."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +18,60 @@ from stages.core.digests import sha256_file
 from stages.core.document_shards import ShardedDocuments
 from stages.core.docio import append_jsonl
 from stages.core.errors import StageError
-from stages.core.shards import iter_shard, read_shard
+from stages.core.ray_runtime import run_tasks
+from stages.core.shards import concatenate, iter_shard, read_shard
 from stages.core.tracking import find_registered, register_artifact
 from stages.quality import classifier as clf
 from stages.quality import langid
-from stages.quality.config import QualityConfig
+from stages.quality.config import ClassifierConfig, QualityConfig
 from stages.quality.core import SCORE_BINS, ShardStats, funnel_steps, process
 from stages.quality.plots import write_plots
+
+
+TRAIN_PART = "classifier-train-{:05d}.txt"
+TEST_PART = "classifier-test-{:05d}.jsonl"
 
 
 def registry_name(pipeline: str) -> str:
     return names.registered_model(pipeline, "quality")
 
 
-def task_examples(shard: str, cfg: QualityConfig) -> list[tuple[str, str, str]]:
-    """(split, label, classifier line) of each labeled document in the shard."""
-    out = []
-    for doc in iter_shard(Path(shard)):
-        labeled = clf.label_of(doc, cfg.classifier.rules)
-        if labeled:
-            label, split = labeled
-            out.append((split, label, clf.as_line(doc["text"], cfg.classifier.max_chars)))
-    return out
+def task_examples(shard: str, index: int, cfg: QualityConfig) -> dict[str, int]:
+    """Write the shard's labeled documents as classifier lines (training lines, and held-out
+    [label, line] rows); returns how many of each split and label."""
+    work = Path(shard).parent
+    counts: Counter = Counter()
+    with open(work / TRAIN_PART.format(index), "w", encoding="utf-8") as train, \
+            open(work / TEST_PART.format(index), "w", encoding="utf-8") as test:
+        for doc in iter_shard(Path(shard)):
+            labeled = clf.label_of(doc, cfg.classifier.rules)
+            if labeled:
+                label, split = labeled
+                line = clf.as_line(doc["text"], cfg.classifier.max_chars)
+                counts[f"{split}.{label}"] += 1
+                if split == "train":
+                    train.write(clf.training_line(label, line))
+                else:
+                    append_jsonl(test, [label, line])
+    return dict(counts)
+
+
+def task_train_classifier(work: str, shards: int, cfg: ClassifierConfig, model_path: str) -> dict[str, Any]:
+    """Train on every shard's training lines in shard order, save the model, and score it on the
+    held-out rows."""
+    work_dir = Path(work)
+    train_path = work_dir / "classifier-train.txt"
+    concatenate([work_dir / TRAIN_PART.format(i) for i in range(shards)], train_path)
+    model = clf.train_file(train_path, cfg)
+    model.save_model(model_path)
+    train_path.unlink()
+    labels, lines = [], []
+    for i in range(shards):
+        for label, line in iter_shard(work_dir / TEST_PART.format(i)):
+            labels.append(1 if label == "hq" else 0)
+            lines.append(line)
+        (work_dir / TEST_PART.format(i)).unlink()
+    return clf.evaluate(np.array(labels), clf.scores(model, lines))
 
 
 def quality_shard(shard: str, index: int, cfg: QualityConfig, model_path: str | None) -> ShardStats:
@@ -85,10 +119,10 @@ class QualityStage(Stage[QualityConfig]):
         out = ctx.output_dir
         docs = ShardedDocuments.open(ctx, shard_docs=cfg.shard_docs, max_doc_chars=cfg.max_doc_chars,
                                      task_cpus=cfg.task_cpus)
-        sharded, shards, remote_opts = docs.sharded, docs.shards, docs.options
+        sharded = docs.sharded
         metrics: dict[str, float] = {}
         details: dict[str, Any] = {}
-        model_path, source = self._classifier(ctx, cfg, shards, remote_opts, metrics, details)
+        model_path, source = self._classifier(ctx, cfg, docs, metrics, details)
         if model_path is None:
             message = ("quality: no quality classifier (none registered as "
                        f"{registry_name(ctx.pipeline_name)}@latest, none given with --input classifier=PATH): "
@@ -138,7 +172,7 @@ class QualityStage(Stage[QualityConfig]):
             outputs["classifier"] = clf.MODEL_FILE
         return StageResult(counts=docs.counts(removed), metrics=metrics, details=details, outputs=outputs)
 
-    def _classifier(self, ctx: StageContext, cfg: QualityConfig, shards: list[str], opts: dict,
+    def _classifier(self, ctx: StageContext, cfg: QualityConfig, docs: ShardedDocuments,
                     metrics: dict[str, float], details: dict[str, Any]) -> tuple[Path | None, str]:
         if "classifier" in ctx.inputs:
             path = ctx.inputs["classifier"].path
@@ -155,17 +189,15 @@ class QualityStage(Stage[QualityConfig]):
                 return None, ""
             path = found / clf.MODEL_FILE if found.is_dir() else found
             return path, f"registered: {registry_name(ctx.pipeline_name)}@latest"
-        return self._train(ctx, cfg, shards, opts, metrics, details), "trained in this run"
+        return self._train(ctx, cfg, docs, metrics, details), "trained in this run"
 
-    def _train(self, ctx: StageContext, cfg: QualityConfig, shards: list[str], opts: dict,
-               metrics: dict[str, float], details: dict[str, Any]) -> Path:
-        import ray
-
+    def _train(self, ctx: StageContext, cfg: QualityConfig, docs: ShardedDocuments, metrics: dict[str, float],
+               details: dict[str, Any]) -> Path:
         started = time.time()
-        remote = ray.remote(task_examples).options(**opts)
-        parts = ray.get([remote.remote(s, cfg) for s in shards])  # shard order: deterministic
-        examples = [e for part in parts for e in part]
-        counts = {f"{split}.{label}": sum(1 for s, lab, _ in examples if s == split and lab == label)
+        found: Counter = Counter()
+        for part in docs.map("classifier examples", task_examples, lambda i: (cfg,)):
+            found.update(part)
+        counts = {f"{split}.{label}": found.get(f"{split}.{label}", 0)
                   for split in ("train", "test") for label in ("hq", "lq")}
         details["classifier_examples"] = counts
         short = {k: v for k, v in counts.items() if v < cfg.classifier.min_examples}
@@ -174,21 +206,17 @@ class QualityStage(Stage[QualityConfig]):
                 f"quality: too few labeled documents to train the classifier {short} (need "
                 f"{cfg.classifier.min_examples} each; rules: quality.classifier.rules). Set "
                 "quality.classifier.mode=none or registered, or give --input classifier=PATH")
-        train = [(label, line) for split, label, line in examples if split == "train"]
-        model = clf.train(train, cfg.classifier, ctx.output_dir)
         path = ctx.output_dir / clf.MODEL_FILE
-        model.save_model(str(path))
-        test = [(label, line) for split, label, line in examples if split == "test"]
-        y_true = np.array([1 if label == "hq" else 0 for label, _ in test])
-        y_score = clf.scores(model, [line for _, line in test])
-        evaluation = clf.evaluate(y_true, y_score)
+        evaluation = run_tasks(f"{ctx.stage}: classifier", task_train_classifier,
+                               [(str(docs.work), len(docs.shards), cfg.classifier, str(path))], docs.options)[0]
+        train_docs = counts["train.hq"] + counts["train.lq"]
         details["classifier_eval"] = evaluation
         metrics.update({f"classifier.{k}": v for k, v in evaluation.items()})
-        metrics["classifier.train_docs"] = len(train)
+        metrics["classifier.train_docs"] = train_docs
         metrics["classifier.model_mb"] = path.stat().st_size / 1e6
         metrics["time.classifier_s"] = time.time() - started
         ctx.log.info("quality: classifier trained on %d docs; held-out (other sources) precision %.3f recall %.3f "
-                     "AUC %.3f; %.1f MB", len(train), evaluation["precision"], evaluation["recall"],
+                     "AUC %.3f; %.1f MB", train_docs, evaluation["precision"], evaluation["recall"],
                      evaluation["auc"], metrics["classifier.model_mb"])
         return path
 
