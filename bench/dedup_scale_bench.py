@@ -8,7 +8,9 @@ not grow with the corpus" is a measured one.
     .venv/bin/python bench/dedup_scale_bench.py --base /tmp/demo-dedup/kept.jsonl --docs 250000 1000000
 
 ``--baseline-tree DIR`` also runs the dedup of another checkout (e.g. ``git worktree add /tmp/old
-<commit>``) on the same corpora, beside this one.
+<commit>``) on the same corpora, beside this one. ``--memory-limit-mb N`` runs each dedup (driver,
+Ray and its workers) in a cgroup (v1 memory controller; needs root) that holds N MB, to show a
+corpus larger than the memory the stage is given.
 """
 
 from __future__ import annotations
@@ -48,9 +50,22 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
-def run(tree: Path, corpus: Path, out: Path, truth: dict[str, str]) -> dict:
-    cmd = [sys.executable, "-m", "stages", "dedup", "--input", str(corpus), "--output", str(out),
-           "--config", str(ROOT / "pipelines/configs/demo.yaml")]
+CGROUP = Path("/sys/fs/cgroup/memory")
+
+
+def limited(cmd: list[str], limit_mb: int | None) -> tuple[list[str], Path | None]:
+    """``cmd`` started inside a fresh memory cgroup of ``limit_mb`` (and that cgroup), or as it is."""
+    if not limit_mb:
+        return cmd, None
+    group = CGROUP / f"lmforge-bench-{os.getpid()}"
+    group.mkdir(exist_ok=True)
+    (group / "memory.limit_in_bytes").write_text(str(limit_mb * 2**20))
+    return ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", *cmd], group
+
+
+def run(tree: Path, corpus: Path, out: Path, truth: dict[str, str], limit_mb: int | None = None) -> dict:
+    cmd, group = limited([sys.executable, "-m", "stages", "dedup", "--input", str(corpus), "--output", str(out),
+                          "--config", str(ROOT / "pipelines/configs/demo.yaml")], limit_mb)
     env = {**os.environ, "PYTHONPATH": str(tree), "LMFORGE_HOME": str(out.parent / "home")}
     started = time.time()
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -73,12 +88,17 @@ def run(tree: Path, corpus: Path, out: Path, truth: dict[str, str]) -> dict:
         ticks += 1
         time.sleep(0.2)
     wall = time.time() - started
+    group_peak = int((group / "memory.max_usage_in_bytes").read_text()) if group else 0
+    if group:
+        group.rmdir()
     if proc.returncode:
         raise SystemExit(f"dedup in {tree} failed: {proc.stdout.read()[-2000:]}")
     metrics = json.loads((out / "manifest.json").read_text())["metrics"]
     return {"wall_s": round(wall, 1), "docs_per_s_per_core": round(metrics["docs_in"] / wall / os.cpu_count(), 1),
             "driver_peak_rss_mb": round(driver_peak / 2**20), "worker_peak_rss_mb": round(worker_peak / 2**20),
-            "work_store_peak_mb": round(store_peak / 2**20), **score(out, truth),
+            "work_store_peak_mb": round(store_peak / 2**20), "input_mb": round(corpus.stat().st_size / 2**20),
+            **({"memory_limit_mb": limit_mb, "cgroup_peak_mb": round(group_peak / 2**20)} if group else {}),
+            **score(out, truth),
             "step_seconds": {k[5:]: v for k, v in metrics.items() if k.startswith("time.")}}
 
 
@@ -102,6 +122,7 @@ def main() -> None:
     parser.add_argument("--base", type=Path, required=True, help="a deduplicated corpus: dedup's kept.jsonl")
     parser.add_argument("--docs", type=int, nargs="+", default=[250_000, 1_000_000])
     parser.add_argument("--baseline-tree", type=Path, help="another checkout whose dedup runs beside this one")
+    parser.add_argument("--memory-limit-mb", type=int, help="run each dedup in a memory cgroup of this size (root)")
     args = parser.parse_args()
     trees = {"this": ROOT, **({"baseline": args.baseline_tree.resolve()} if args.baseline_tree else {})}
     results: dict = {}
@@ -112,7 +133,7 @@ def main() -> None:
             for name, tree in trees.items():
                 out = Path(tmp) / f"{name}-{docs}" / "out"
                 out.parent.mkdir()
-                results[f"{name} {docs}"] = row = {"docs": docs, **run(tree, corpus, out, truth)}
+                results[f"{name} {docs}"] = row = {"docs": docs, **run(tree, corpus, out, truth, args.memory_limit_mb)}
                 print(json.dumps({name: row}), flush=True)
                 subprocess.run(["rm", "-rf", str(out.parent)])
             corpus.unlink()

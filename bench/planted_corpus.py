@@ -62,7 +62,7 @@ def planted(base: Path, docs: int) -> Iterator[tuple[dict, str | None]]:
     while made < docs:
         table: dict[str, str] = {}
 
-        def rewrite(match: re.Match) -> str:
+        def rewrite(match: re.Match, table: dict[str, str] = table, variant: int = variant) -> str:
             word = match.group(0)
             if word not in table:
                 table[word] = made_up_word(variant, word)
