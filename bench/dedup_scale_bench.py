@@ -10,7 +10,8 @@ not grow with the corpus" is a measured one.
 ``--baseline-tree DIR`` also runs the dedup of another checkout (e.g. ``git worktree add /tmp/old
 <commit>``) on the same corpora, beside this one. ``--memory-limit-mb N`` runs each dedup (driver,
 Ray and its workers) in a cgroup (v1 memory controller; needs root) that holds N MB, to show a
-corpus larger than the memory the stage is given.
+corpus larger than the memory the stage is given. ``--corpus-dir DIR`` keeps the generated corpora
+there (``corpus-N.jsonl``, from ``bench/planted_corpus.py --out``) and reuses them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.planted_corpus import write as write_corpus
+from bench.planted_corpus import planted_truth, write as write_corpus
 
 
 def _rss(proc: psutil.Process) -> int:
@@ -123,20 +124,22 @@ def main() -> None:
     parser.add_argument("--docs", type=int, nargs="+", default=[250_000, 1_000_000])
     parser.add_argument("--baseline-tree", type=Path, help="another checkout whose dedup runs beside this one")
     parser.add_argument("--memory-limit-mb", type=int, help="run each dedup in a memory cgroup of this size (root)")
+    parser.add_argument("--corpus-dir", type=Path, help="keep (and reuse) the generated corpora here")
     args = parser.parse_args()
     trees = {"this": ROOT, **({"baseline": args.baseline_tree.resolve()} if args.baseline_tree else {})}
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for docs in args.docs:
-            corpus = Path(tmp) / f"corpus-{docs}.jsonl"
-            truth = write_corpus(args.base, docs, corpus)
+            corpus = (args.corpus_dir or Path(tmp)) / f"corpus-{docs}.jsonl"
+            truth = planted_truth(corpus) if corpus.exists() else write_corpus(args.base, docs, corpus)
             for name, tree in trees.items():
                 out = Path(tmp) / f"{name}-{docs}" / "out"
                 out.parent.mkdir()
                 results[f"{name} {docs}"] = row = {"docs": docs, **run(tree, corpus, out, truth, args.memory_limit_mb)}
                 print(json.dumps({name: row}), flush=True)
                 subprocess.run(["rm", "-rf", str(out.parent)])
-            corpus.unlink()
+            if not args.corpus_dir:
+                corpus.unlink()
     print(json.dumps(results, indent=1))
 
 

@@ -103,6 +103,17 @@ def write(base: Path, docs: int, out: Path) -> dict[str, str]:
     return truth
 
 
+def planted_truth(corpus: Path) -> dict[str, str]:
+    """{copy id: original id} of a corpus this module wrote, read back from its ids."""
+    truth: dict[str, str] = {}
+    with open(corpus, encoding="utf-8") as handle:
+        for line in handle:
+            doc_id = json.loads(line)["id"]
+            if "~copy" in doc_id:
+                truth[doc_id] = doc_id.rsplit("~copy", 1)[0]
+    return truth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, required=True, help="a deduplicated corpus (JSONL file or folder)")
