@@ -55,23 +55,25 @@ def train(examples: list[tuple[str, str]], cfg: ClassifierConfig, workdir: Path)
     with open(path, "w", encoding="utf-8") as handle:
         for label, line in examples:
             handle.write(training_line(label, line))
-    model = train_file(path, cfg)
+    model_path = workdir / "classifier-trained.bin"
+    model = train_file(path, cfg, model_path)
     path.unlink()
+    model_path.unlink()
     return model
 
 
-def train_file(path: Path, cfg: ClassifierConfig):
+def train_file(path: Path, cfg: ClassifierConfig, model_path: Path):
     """Train on a file of ``training_line``s (fastText reads it itself, so the examples are never held
-    in Python); single-threaded and seeded, so the same file gives the same model."""
-    import fasttext
+    in Python), single-threaded and seeded, in a fresh process (``fasttext_train`` says why); saves the
+    model to ``model_path`` and returns it loaded."""
+    import subprocess
+    import sys
 
-    model = fasttext.train_supervised(
-        input=str(path), epoch=cfg.epoch, lr=cfg.lr, dim=cfg.dim, wordNgrams=cfg.word_ngrams,
-        bucket=cfg.bucket, thread=1, seed=cfg.seed, minCount=2, verbose=0,
-    )
-    if cfg.quantize:
-        model.quantize(input=str(path), qnorm=True, retrain=False, cutoff=100_000, thread=1)
-    return model
+    proc = subprocess.run([sys.executable, "-m", "stages.quality.fasttext_train", str(path), cfg.model_dump_json(),
+                           str(model_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fastText training failed (exit {proc.returncode}): {proc.stdout.strip()[-2000:]}")
+    return load(model_path)
 
 
 def load(path: Path):

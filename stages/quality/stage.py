@@ -62,8 +62,7 @@ def task_train_classifier(work: str, shards: int, cfg: ClassifierConfig, model_p
     work_dir = Path(work)
     train_path = work_dir / "classifier-train.txt"
     concatenate([work_dir / TRAIN_PART.format(i) for i in range(shards)], train_path)
-    model = clf.train_file(train_path, cfg)
-    model.save_model(model_path)
+    model = clf.train_file(train_path, cfg, Path(model_path))
     train_path.unlink()
     labels, lines = [], []
     for i in range(shards):
