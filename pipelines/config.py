@@ -61,6 +61,11 @@ class EnginesConfig(StrictModel):
         "inline", description="inline: stages run in the flow's process on local/attached Ray; ray-job: each stage is "
                               "submitted as `python -m stages ...` through the Ray Jobs API.")
     ray: RayEngine = Field(default_factory=RayEngine)
+    storage: Optional[str] = Field(
+        None, pattern=r"^s3://[A-Za-z0-9][A-Za-z0-9._-]*(/.*)?$",
+        description="Object storage (s3://bucket/prefix) where Ray tasks hand work files to each other, so nodes need "
+                    "no shared disk; endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                    "AWS_SECRET_ACCESS_KEY. null = $LMFORGE_STORAGE, or the stage's folder on local disk.")
     ray_job: RayJobEngine = Field(default_factory=RayJobEngine)
     mlflow: MlflowEngine = Field(default_factory=MlflowEngine)
     prefect: PrefectEngine = Field(default_factory=PrefectEngine)

@@ -10,6 +10,7 @@ upstream stage *runs* of the same pipeline run, by MLflow run id, never from ali
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -27,6 +28,7 @@ from stages.core.lineage import upstream_inputs, wired
 from stages.core.errors import StageError
 from stages.core.manifest import read_manifest
 from stages.core.paths import data_dir, lmforge_home, work_root
+from stages.core.storage import S3_SETTINGS
 from stages.core.runner import StageRun, Tracking, cache_key, execute_stage
 from stages.core.tracking import Tracker
 from stages.registry import get_stage
@@ -54,6 +56,7 @@ class InlineExecutor:
             ray_address=self.config.engines.ray.address,
             ray_num_cpus=self.config.engines.ray.num_cpus,
             pipeline_name=self.config.pipeline.name,
+            storage=self.config.engines.storage,
         )
 
     def cached_run(self, name: str, stage_runs: dict[str, str]) -> tuple[str, str | None]:
@@ -89,6 +92,8 @@ class RayJobExecutor:
             args += ["--upstream", f"{up}={stage_runs[up]}"]
         if not reuse:
             args.append("--no-cache")
+        if self.config.engines.storage:
+            args += ["--storage", self.config.engines.storage]
         return " ".join(shlex.quote(a) for a in args)
 
     def run(self, name: str, stage_runs: dict[str, str], reuse: bool = True) -> StageRun:
@@ -100,7 +105,9 @@ class RayJobExecutor:
         (job_dir / "pipeline.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         output = work_root() / self.parent_run_id / name
         env = {"MLFLOW_TRACKING_URI": self.tracker.tracking_uri, "LMFORGE_HOME": str(lmforge_home()),
-               "LMFORGE_DATA_DIR": str(data_dir()), "PYTHONUNBUFFERED": "1"}
+               "LMFORGE_DATA_DIR": str(data_dir()), "PYTHONUNBUFFERED": "1",
+               # object storage: the job reaches it as this process does (a cluster may set its own instead)
+               **{k: v for k, v in os.environ.items() if k in S3_SETTINGS}}
         use_cluster_token()
         client = JobSubmissionClient(engine.address)
         started = time.time()

@@ -80,7 +80,8 @@ def parse_upstream(items: list[str]) -> dict[str, str]:
 def run_standalone(name: str, inputs: list[str], output: Path, config_path: Optional[Path],
                    overrides: list[str], ray_address: Optional[str], *, parent_run: Optional[str] = None,
                    upstream: Optional[list[str]] = None, tracking_uri: Optional[str] = None,
-                   reuse: bool = True, submission_id: Optional[str] = None) -> dict[str, Any]:
+                   reuse: bool = True, submission_id: Optional[str] = None,
+                   storage: Optional[str] = None) -> dict[str, Any]:
     from stages.core.runner import Tracking, execute_stage
     from stages.registry import get_stage
 
@@ -112,7 +113,7 @@ def run_standalone(name: str, inputs: list[str], output: Path, config_path: Opti
                     parsed[input_name] = [str(found)]
         config, resolved = stage.standalone_inputs(config, parsed)
     result = execute_stage(stage, config, resolved, output, seed=seed, ray_address=ray_address,
-                           pipeline_name=pipeline_name, tracking=tracking)
+                           pipeline_name=pipeline_name, tracking=tracking, storage=storage)
     if tracking is not None and submission_id:
         # what the ray-job executor reads back: which run this job produced or reused, keyed by the job
         tracking.tracker.set_tags(parent_run, {names.job_result_tag(name): json.dumps(
@@ -143,6 +144,7 @@ def stage_command(
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow store for --parent-run (default: SQLite under LMFORGE_HOME).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="With --parent-run: run even if a run with the same cache key exists (a rerun asked for).")] = False,
     submission_id: Annotated[Optional[str], typer.Option("--submission-id", help="With --parent-run: the Ray job's submission id, recorded on the stage run and the pipeline run for the ray-job executor.")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", envvar="LMFORGE_STORAGE", help="Object storage (s3://bucket/prefix) for the stage's work files, so Ray tasks on nodes that share no disk reach them; endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY. Default: the output folder's disk.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Run one stage on plain files, with no Prefect and no server.
@@ -155,7 +157,7 @@ def stage_command(
     try:
         summary = run_standalone(name, input, output, config, set_, ray_address, parent_run=parent_run,
                                  upstream=upstream, tracking_uri=tracking_uri, reuse=not no_cache,
-                                 submission_id=submission_id)
+                                 submission_id=submission_id, storage=storage)
     except LmforgeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
@@ -112,6 +113,17 @@ class StageContext(Generic[ConfigT]):
     pipeline_name: str = "demo"
     cache_key: str = ""  # names resumable state (e.g. training checkpoints) of this exact run
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("lmforge.stage"))
+    # object storage (s3://bucket/prefix) where Ray tasks hand files to each other; None = local disk
+    storage: str | None = None
+
+    def work_location(self) -> str:
+        """A fresh folder for this run's work files, which every Ray task can reach: under the output
+        folder on local disk, or under ``storage`` when nodes share no disk."""
+        if self.storage is None:
+            return str(self.output_dir / "_work")
+        from stages.core.storage import join
+
+        return join(self.storage, "work", self.stage, f"{self.cache_key[:16] or 'adhoc'}-{uuid.uuid4().hex[:8]}")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Step metrics (training curves) go to MLflow while the stage runs."""

@@ -159,11 +159,16 @@ DOCUMENT_SCHEMA = pa.schema(
 )
 
 
-def write_parquet(path: Path, records: list[dict[str, Any]]) -> int:
-    """One Parquet shard; known document fields typed, extra fields inferred."""
+def write_parquet(path: str | Path, records: list[dict[str, Any]]) -> int:
+    """One Parquet shard, written whole or not at all (a local path or an s3:// location); known document
+    fields typed, extra fields inferred."""
+    from stages.core import storage
+
     extra = sorted({key for record in records for key in record} - set(DOCUMENT_SCHEMA.names))
     columns = {name: [record.get(name) for record in records] for name in DOCUMENT_SCHEMA.names + extra}
     fields = list(DOCUMENT_SCHEMA) + [pa.field(name, pa.array(columns[name]).type) for name in extra]
     table = pa.Table.from_pydict(columns, schema=pa.schema(fields))
-    pq.write_table(table, path, compression="zstd")
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    storage.write_bytes(path, sink.getvalue().to_pybytes())
     return len(records)

@@ -11,12 +11,11 @@ quality maps one.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from stages.core import storage
 from stages.core.contract import StageContext
 from stages.core.ray_runtime import ensure_ray, run_tasks
 from stages.core.shards import Sharded, assemble_outputs, drop_repeated_ids, shard_input
@@ -28,7 +27,7 @@ REMOVED = "removed.jsonl"
 @dataclass
 class ShardedDocuments:
     ctx: StageContext
-    work: Path
+    work: str  # the work location: a local folder, or object storage every node reaches
     sharded: Sharded
     options: dict[str, Any]  # Ray options of every step's tasks (num_cpus, max_retries)
 
@@ -37,7 +36,7 @@ class ShardedDocuments:
              max_retries: int = 3, **options: Any) -> ShardedDocuments:
         """Shard ``ctx.inputs["docs"]`` into the stage's work dir and start (or attach to) Ray."""
         out = ctx.output_dir
-        work = out / "_work"
+        work = ctx.work_location()
         sharded = shard_input(ctx.inputs["docs"].path, work, shard_docs, max_doc_chars, out / QUARANTINED)
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
         options = {"num_cpus": task_cpus, "max_retries": max_retries, **options}
@@ -46,7 +45,7 @@ class ShardedDocuments:
 
     @property
     def shards(self) -> list[str]:
-        return [str(s) for s in self.sharded.shards]
+        return list(self.sharded.shards)
 
     @property
     def documents(self) -> int:
@@ -65,7 +64,7 @@ class ShardedDocuments:
     def finish(self, output_format: str) -> None:
         """Stitch the steps' part files into the outputs, in shard order, and drop the work dir."""
         assemble_outputs(self.ctx.output_dir, self.work, len(self.shards), output_format)
-        shutil.rmtree(self.work)
+        storage.remove_tree(self.work)
 
     def counts(self, removed: int) -> dict[str, int]:
         quarantined = self.sharded.quarantined

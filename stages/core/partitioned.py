@@ -5,27 +5,29 @@ shuffles its LSH buckets the same way).
 
 One file per writer holds every partition: a JSON header (column dtypes, each partition's row
 range) and then each column's rows sorted by partition, so a reader of partition ``p`` seeks to its
-slice of every column and reads nothing else. A column is a numpy array (one value per row) or a
-list of 1-D arrays (a ragged column: one array per row, stored flat). Files are written under a
-temporary name and renamed, so a retried or killed writer never leaves half a file to read.
+slice of every column and reads nothing else (on object storage: one ranged read per column). A
+column is a numpy array (one value per row) or a list of 1-D arrays (a ragged column: one array per
+row, stored flat). Tables live wherever ``stages.core.storage`` reaches (a local folder or S3), and
+are written under a temporary name and renamed, so a retried or killed writer never leaves half a
+file to read.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Union
 
 import numpy as np
+
+from stages.core import storage
 
 Column = Union[np.ndarray, list]
 SUFFIX = ".part"
 _MAGIC = b"LMFPART1"
 
 
-def write_table(path: Path, partition: np.ndarray, partitions: int, columns: dict[str, Column]) -> None:
+def write_table(path: str | Path, partition: np.ndarray, partitions: int, columns: dict[str, Column]) -> None:
     """Write rows to ``path``, row ``i`` belonging to partition ``partition[i]`` (0..partitions-1)."""
     partition = np.asarray(partition, dtype=np.int64)
     order = np.argsort(partition, kind="stable")
@@ -57,31 +59,29 @@ def write_table(path: Path, partition: np.ndarray, partitions: int, columns: dic
             offset += len(blob)
         header["columns"].append(spec)
     head = json.dumps(header).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
+    with storage.open_output(path, text=False) as handle:
         handle.write(_MAGIC + len(head).to_bytes(8, "little") + head)
         for blob in blobs:
             handle.write(blob)
-    os.replace(temporary, path)
 
 
-def _read_slice(handle, base: int, spec: dict, start: int, stop: int) -> np.ndarray:
+def _read_slice(handle: storage.RangeReader, base: int, spec: dict, start: int, stop: int) -> np.ndarray:
     dtype = np.dtype(spec["dtype"])
     tail = tuple(spec["tail"])
     row_bytes = dtype.itemsize * int(np.prod(tail, dtype=np.int64))
-    handle.seek(base + spec["offset"] + start * row_bytes)
-    data = handle.read((stop - start) * row_bytes)
+    if stop == start:
+        return np.empty((0, *tail), dtype=dtype)
+    data = handle.read_at(base + spec["offset"] + start * row_bytes, (stop - start) * row_bytes)
     return np.frombuffer(data, dtype=dtype).reshape((stop - start, *tail)).copy()
 
 
-def read_partition(path: Path, p: int) -> dict[str, Column]:
+def read_partition(path: str | Path, p: int) -> dict[str, Column]:
     """Partition ``p`` of one file: {column: array, or list of arrays for a ragged column}."""
-    with open(path, "rb") as handle:
-        if handle.read(len(_MAGIC)) != _MAGIC:
+    with storage.RangeReader(path) as handle:
+        if handle.read_at(0, len(_MAGIC)) != _MAGIC:
             raise ValueError(f"{path} is not a partitioned table")
-        size = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(size))
+        size = int.from_bytes(handle.read_at(len(_MAGIC), 8), "little")
+        header = json.loads(handle.read_at(len(_MAGIC) + 8, size))
         base = len(_MAGIC) + 8 + size
         start, stop = header["bounds"][p], header["bounds"][p + 1]
         table: dict[str, Column] = {}
@@ -96,9 +96,9 @@ def read_partition(path: Path, p: int) -> dict[str, Column]:
     return table
 
 
-def read_partition_of_all(directory: Path, p: int) -> dict[str, Column]:
+def read_partition_of_all(directory: str | Path, p: int) -> dict[str, Column]:
     """Partition ``p`` of every table file in ``directory``, concatenated in file-name order ({} if none)."""
-    files = sorted(directory.glob(f"*{SUFFIX}")) if directory.is_dir() else []
+    files = storage.list_files(directory, SUFFIX)
     parts = [read_partition(f, p) for f in files]
     if not parts:
         return {}
@@ -111,9 +111,9 @@ def read_partition_of_all(directory: Path, p: int) -> dict[str, Column]:
     return table
 
 
-def table_path(directory: Path, writer: str) -> Path:
-    return directory / f"{writer}{SUFFIX}"
+def table_path(directory: str | Path, writer: str) -> str:
+    return storage.join(directory, f"{writer}{SUFFIX}")
 
 
-def remove(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+def remove(directory: str | Path) -> None:
+    storage.remove_tree(directory)

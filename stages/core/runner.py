@@ -24,6 +24,7 @@ from stages.core.environment import environment_hash, hardware, library_versions
 from stages.core.errors import ConfigError, LmforgeError, StageError, cancel_requested, raise_if_cancel_requested
 from stages.core.manifest import MANIFEST, read_manifest, write_manifest
 from stages.core.names import TAG_CACHE_KEY, TAG_COMPLETE, TAG_PIPELINE, TAG_STAGE
+from stages.core.storage import check_storage, configured_storage
 from stages.core.tracking import Tracker
 
 log = logging.getLogger("lmforge.runner")
@@ -119,8 +120,12 @@ def execute_stage(
     ray_address: str | None = None,
     ray_num_cpus: float | None = None,
     pipeline_name: str = "demo",
+    storage: str | None = None,
 ) -> StageRun:
     started = time.time()
+    storage = configured_storage(storage)
+    if storage is not None:
+        check_storage(storage)  # wrong credentials or a missing bucket: one line, before any work
     inputs = {**stage.config_inputs(config, seed), **inputs}
     key = cache_key(stage, config, seed, inputs)
 
@@ -147,7 +152,7 @@ def execute_stage(
                 stage=stage.name, config=config, inputs=inputs, output_dir=tmp, seed=seed,
                 run_id=run_id, tracker=tracking.tracker if tracking else None,
                 ray_address=ray_address, ray_num_cpus=ray_num_cpus, pipeline_name=pipeline_name,
-                cache_key=key, log=logging.getLogger(f"lmforge.stages.{stage.name}"),
+                cache_key=key, log=logging.getLogger(f"lmforge.stages.{stage.name}"), storage=storage,
             )
             result = stage.run(ctx)
             raise_if_cancel_requested()  # nothing is committed from a run that was cancelled

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stages.core import storage
+
 FINE_BUCKETS = 64
 MAX_TASKS = 64
 DUPLICATE_ID = "duplicate_id"
@@ -27,18 +29,18 @@ def bucket_of(doc_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little") % FINE_BUCKETS
 
 
-def _ids_path(work: Path, part: int) -> Path:
-    return Path(work) / "_ids" / f"ids-{part:05d}.jsonl"
+def _ids_path(work: str | Path, part: int) -> str:
+    return storage.join(work, "_ids", f"ids-{part:05d}.jsonl")
 
 
-def _repeats_path(work: Path, group: int) -> Path:
-    return Path(work) / "_ids" / f"repeats-{group:03d}.jsonl"
+def _repeats_path(work: str | Path, group: int) -> str:
+    return storage.join(work, "_ids", f"repeats-{group:03d}.jsonl")
 
 
 class IdLog:
     """The ids of one part, in row order, written out grouped by bucket (held for one part only)."""
 
-    def __init__(self, work: Path, part: int):
+    def __init__(self, work: str | Path, part: int):
         self.path = _ids_path(work, part)
         self.rows: list[tuple[int, int, str, str, Any]] = []
 
@@ -47,11 +49,10 @@ class IdLog:
         self.rows.append((bucket_of(doc_id), row, doc_id, location, tag))
 
     def close(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows.sort(key=lambda r: (r[0], r[1]))
         offsets = [0] * (FINE_BUCKETS + 1)
         position = 0
-        with open(self.path, "wb") as handle:
+        with storage.open_output(self.path, text=False) as handle:
             for bucket, row, doc_id, location, tag in self.rows:
                 line = (json.dumps([row, doc_id, location, tag], ensure_ascii=False) + "\n").encode("utf-8")
                 handle.write(line)
@@ -59,7 +60,7 @@ class IdLog:
                 offsets[bucket + 1] = position
         for b in range(1, FINE_BUCKETS + 1):  # buckets with no ids end where the previous one did
             offsets[b] = max(offsets[b], offsets[b - 1])
-        Path(f"{self.path}.idx").write_text(json.dumps(offsets))
+        storage.write_text(f"{self.path}.idx", json.dumps(offsets))
         self.rows = []
 
 
@@ -67,16 +68,15 @@ def task_find_repeats(work: str, group: int, buckets: list[int], parts: int) -> 
     """Repeated ids among ``buckets``, scanning parts in order: {part: repeats}; the repeats go to a file."""
     first: dict[str, str] = {}
     found: dict[int, int] = defaultdict(int)
-    with open(_repeats_path(Path(work), group), "w", encoding="utf-8") as out:
+    with storage.open_output(_repeats_path(work, group)) as out:
         for part in range(parts):
-            path = _ids_path(Path(work), part)
-            if not path.exists():
+            path = _ids_path(work, part)
+            if not storage.exists(f"{path}.idx"):
                 continue
-            offsets = json.loads(Path(f"{path}.idx").read_text())
-            with open(path, "rb") as handle:
+            offsets = json.loads(storage.read_bytes(f"{path}.idx"))
+            with storage.RangeReader(path) as handle:
                 for bucket in buckets:
-                    handle.seek(offsets[bucket])
-                    chunk = handle.read(offsets[bucket + 1] - offsets[bucket])
+                    chunk = handle.read_at(offsets[bucket], offsets[bucket + 1] - offsets[bucket])
                     for line in chunk.splitlines():
                         row, doc_id, location, _ = json.loads(line)
                         if doc_id in first:
@@ -87,7 +87,7 @@ def task_find_repeats(work: str, group: int, buckets: list[int], parts: int) -> 
     return dict(found)
 
 
-def find_repeats(work: Path, parts: int, options: dict[str, Any], label: str) -> dict[int, int]:
+def find_repeats(work: str | Path, parts: int, options: dict[str, Any], label: str) -> dict[int, int]:
     """Ray tasks over bucket groups; {part: repeated ids in it} (only parts that have some)."""
     from stages.core.ray_runtime import run_tasks
 
@@ -111,18 +111,18 @@ class Repeat:
     tag: Any
 
 
-def repeated_rows(work: Path, part: int) -> dict[int, Repeat]:
+def repeated_rows(work: str | Path, part: int) -> dict[int, Repeat]:
     """{row: Repeat} of one part's repeated ids (read in that part's drop task)."""
     firsts: dict[int, str] = {}
-    for path in sorted((Path(work) / "_ids").glob("repeats-*.jsonl")):
-        with open(path, encoding="utf-8") as handle:
+    for path in storage.list_files(storage.join(work, "_ids"), ".jsonl", prefix="repeats-"):
+        with storage.open_text(path) as handle:
             for line in handle:
                 p, row, _, where = json.loads(line)
                 if p == part:
                     firsts[row] = where
     rows: dict[int, Repeat] = {}
     if firsts:
-        with open(_ids_path(Path(work), part), encoding="utf-8") as handle:
+        with storage.open_text(_ids_path(work, part)) as handle:
             for line in handle:
                 row, _, location, tag = json.loads(line)
                 if row in firsts:
@@ -136,7 +136,5 @@ def quarantine_record(doc: dict[str, Any], repeat: Repeat) -> dict[str, Any]:
             "raw": json.dumps(doc, ensure_ascii=False, default=str)[:10_000]}
 
 
-def remove_logs(work: Path) -> None:
-    import shutil
-
-    shutil.rmtree(Path(work) / "_ids", ignore_errors=True)
+def remove_logs(work: str | Path) -> None:
+    storage.remove_tree(storage.join(work, "_ids"))

@@ -12,11 +12,10 @@ graph, and the driver only adds up each round's count of changed edges.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from stages.core.partitioned import read_partition_of_all, remove, table_path, write_table
+from stages.core.storage import join
 
 MAX_ROUNDS = 200
 
@@ -72,14 +71,14 @@ def labels(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u[starts], np.minimum(u, v[first])[starts]
 
 
-def write_edges(path: Path, a: np.ndarray, b: np.ndarray, partitions: int) -> None:
+def write_edges(path: str, a: np.ndarray, b: np.ndarray, partitions: int) -> None:
     """Undirected edges as rows (u, v) in both directions, each row in partition ``u % partitions``."""
     u = np.concatenate([a, b]).astype(np.int64)
     v = np.concatenate([b, a]).astype(np.int64)
     write_table(path, u % partitions, partitions, {"u": u, "v": v})
 
 
-def _edges(directory: Path, part: int) -> tuple[np.ndarray, np.ndarray]:
+def _edges(directory: str, part: int) -> tuple[np.ndarray, np.ndarray]:
     table = read_partition_of_all(directory, part)
     if not table:
         return np.empty(0, np.int64), np.empty(0, np.int64)
@@ -87,30 +86,30 @@ def _edges(directory: Path, part: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def task_large_star(source: str, dest: str, part: int, partitions: int) -> int:
-    larger, smaller, changed = large_star(*_edges(Path(source), part))
+    larger, smaller, changed = large_star(*_edges(source, part))
     # small-star groups an edge by its larger end
-    write_table(table_path(Path(dest), f"m{part:05d}"), larger % partitions, partitions, {"u": larger, "v": smaller})
+    write_table(table_path(dest, f"m{part:05d}"), larger % partitions, partitions, {"u": larger, "v": smaller})
     return changed
 
 
 def task_small_star(source: str, dest: str, part: int, partitions: int) -> int:
-    x, m, changed = small_star(*_edges(Path(source), part))
-    write_edges(table_path(Path(dest), f"m{part:05d}"), x, m, partitions)
+    x, m, changed = small_star(*_edges(source, part))
+    write_edges(table_path(dest, f"m{part:05d}"), x, m, partitions)
     return changed
 
 
-def connected_components(edges: Path, work: Path, partitions: int, run) -> tuple[Path, int]:
+def connected_components(edges: str, work: str, partitions: int, run) -> tuple[str, int]:
     """Rounds until nothing changes, starting from ``edges`` (rows written by ``write_edges``).
     ``run(label, fn, args_list)`` runs tasks; returns the folder of the final star's edges and the rounds."""
     source = edges
     for round_ in range(1, MAX_ROUNDS + 1):
-        star_in, star_out = work / f"cc-{round_:03d}-large", work / f"cc-{round_:03d}-small"
+        star_in, star_out = join(work, f"cc-{round_:03d}-large"), join(work, f"cc-{round_:03d}-small")
         large = run(f"components round {round_} (large-star)", task_large_star,
-                    [(str(source), str(star_in), p, partitions) for p in range(partitions)])
+                    [(source, star_in, p, partitions) for p in range(partitions)])
         if source != edges:
             remove(source)
         small = run(f"components round {round_} (small-star)", task_small_star,
-                    [(str(star_in), str(star_out), p, partitions) for p in range(partitions)])
+                    [(star_in, star_out, p, partitions) for p in range(partitions)])
         remove(star_in)
         source = star_out
         if sum(large) == 0 and sum(small) == 0:

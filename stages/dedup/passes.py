@@ -15,6 +15,7 @@ records (S). Decisions are those of ``core.dedup_documents``: the same represent
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from stages.core import storage
 from stages.core.contract import StageContext, StageResult
 from stages.core.docio import append_jsonl, write_parquet
 from stages.core.document_shards import ShardedDocuments
@@ -63,7 +65,7 @@ class Work:
     """Where one run's tables live, and the layout every task shares."""
 
     def __init__(self, root: str | Path, offsets: list[int], partitions: int):
-        self.root = Path(root)
+        self.root = str(root)  # a local folder or an s3:// location
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.partitions = partitions
 
@@ -71,8 +73,14 @@ class Work:
     def shards(self) -> int:
         return len(self.offsets)
 
-    def table(self, name: str) -> Path:
-        return self.root / "shuffle" / name
+    def table(self, name: str) -> str:
+        return storage.join(self.root, "shuffle", name)
+
+    def file(self, pattern: str, index: int) -> str:
+        return storage.join(self.root, pattern.format(index))
+
+    def state(self, index: int) -> dict[str, np.ndarray]:
+        return dict(np.load(io.BytesIO(storage.read_bytes(self.file(STATE, index)))))
 
     def write(self, name: str, writer: str, partition: np.ndarray, partitions: int, columns: dict) -> None:
         write_table(table_path(self.table(name), writer), partition, partitions, columns)
@@ -99,7 +107,7 @@ def _active(work: Work, index: int, size: int) -> np.ndarray:
 
 def task_exact(shard: str, index: int, work: Work, cfg: DedupConfig) -> int:
     """Exact keys of one shard, to the partition of their hash; returns its characters."""
-    docs = read_shard(Path(shard))
+    docs = read_shard(shard)
     keys, lengths = core.shard_exact([d["text"] for d in docs])
     if cfg.exact:
         nodes = work.offsets[index] + np.arange(len(docs), dtype=np.int64)
@@ -127,7 +135,7 @@ def task_exact_groups(part: int, work: Work) -> int:
 # B: boilerplate units
 
 def task_units(shard: str, index: int, work: Work, cfg: DedupConfig) -> None:
-    texts = [d["text"] for d in iter_shard(Path(shard))]
+    texts = [d["text"] for d in iter_shard(shard)]
     keys, counts = core.shard_unit_counts(texts, _active(work, index, len(texts)), cfg)
     work.write(UNITS, f"m{index:05d}", keys % np.uint64(work.partitions), work.partitions,
                {"key": keys, "count": counts})
@@ -148,15 +156,16 @@ def task_unit_totals(part: int, work: Work, cfg: DedupConfig) -> np.ndarray:
 def dedup_signatures(shard: str, index: int, work: Work, boilerplate: np.ndarray, cfg: DedupConfig) -> int:
     """One shard: strip boilerplate, MinHash, LSH band keys to the partition of (band, key). The
     stripped texts and the shard's per-document state stay in the shard's work files."""
-    texts = [d["text"] for d in iter_shard(Path(shard))]
+    texts = [d["text"] for d in iter_shard(shard)]
     active = _active(work, index, len(texts))
     signed = core.shard_strip_and_sign(texts, active, boilerplate, cfg)
-    with open(work.root / STRIPPED.format(index), "w", encoding="utf-8") as handle:
+    with storage.open_output(work.file(STRIPPED, index)) as handle:
         for text in signed.stripped:
             handle.write(json.dumps(text, ensure_ascii=False) + "\n")
     empty = np.array([s is not None and not s.strip() for s in signed.stripped], dtype=bool)
-    np.savez(work.root / STATE.format(index), active=active, empty=empty, chars=signed.boilerplate_chars,
-             lengths=signed.lengths)
+    state = io.BytesIO()
+    np.savez(state, active=active, empty=empty, chars=signed.boilerplate_chars, lengths=signed.lengths)
+    storage.write_bytes(work.file(STATE, index), state.getvalue())
     keys = signed.band_keys
     if keys.size:
         bands = keys.shape[1]
@@ -188,7 +197,7 @@ def _shingles_of(work: Work, index: int, rows: np.ndarray, cfg: DedupConfig) -> 
     hasher = ShingleHasher(cfg.shingle_unit, cfg.shingle_size)
     wanted = set(int(r) for r in rows)
     found: dict[int, np.ndarray] = {}
-    with open(work.root / STRIPPED.format(index), encoding="utf-8") as handle:
+    with storage.open_text(work.file(STRIPPED, index)) as handle:
         for row, line in enumerate(handle):
             if row in wanted:
                 found[row] = text_shingles(json.loads(line), hasher)
@@ -234,7 +243,7 @@ def task_verify(shard: str, index: int, work: Work, cfg: DedupConfig) -> int:
 
 def task_labels(part: int, source: str, work: Work) -> int:
     """Each node of one partition of the final star with its component's smallest node, to its shard."""
-    t = read_partition_of_all(Path(source), part)
+    t = read_partition_of_all(source, part)
     if not t:
         return 0
     nodes, roots = labels(t["u"], t["v"])
@@ -247,11 +256,11 @@ def task_member_facts(shard: str, index: int, work: Work) -> None:
     t = work.read(LABELS, index)
     if not t or not len(t["node"]):
         return
-    state = dict(np.load(work.root / STATE.format(index)))
+    state = work.state(index)
     rows = t["node"] - work.offsets[index]
     near_active = state["active"] & ~state["empty"]
     score = np.where(near_active[rows], state["lengths"][rows], -1)
-    ids = _ids([d["id"] for d in iter_shard(Path(shard))])
+    ids = _ids([d["id"] for d in iter_shard(shard)])
     work.write(MEMBERS, f"m{index:05d}", t["root"] % work.partitions, work.partitions,
                {"root": t["root"], "node": t["node"], "score": score, "active": state["active"][rows].astype(np.int8),
                 "id": ids[rows]})
@@ -279,7 +288,7 @@ def task_kept_members(part: int, work: Work) -> dict[int, int]:
 def task_write(shard: str, index: int, work: Work, fmt: str) -> dict[str, Any]:
     """Every document of the shard, kept or removed with its reason, its duplicate and its cluster."""
     base = work.offsets[index]
-    state = dict(np.load(work.root / STATE.format(index)))
+    state = work.state(index)
     exact = _exact_copies(work, index)
     exact_of = {int(n - base): _id(r) for n, r in zip(exact["node"], exact["rep_id"])}
     kept_of = {int(n - base): (int(r - base), _id(i), int(s)) for n, r, i, s in
@@ -293,10 +302,10 @@ def task_write(shard: str, index: int, work: Work, fmt: str) -> dict[str, Any]:
     source_chars: Counter = Counter()
     kept_chars = 0
     kept_records: list[dict[str, Any]] = []  # only for Parquet output
-    with open(work.root / STRIPPED.format(index), encoding="utf-8") as stripped_file, \
-            open(work.root / f"kept-{index:05d}.jsonl", "w", encoding="utf-8") as kept, \
-            open(work.root / f"removed-{index:05d}.jsonl", "w", encoding="utf-8") as removed:
-        for row, (doc, line) in enumerate(zip(iter_shard(Path(shard)), stripped_file)):
+    with storage.open_text(work.file(STRIPPED, index)) as stripped_file, \
+            storage.open_output(storage.join(work.root, f"kept-{index:05d}.jsonl")) as kept, \
+            storage.open_output(storage.join(work.root, f"removed-{index:05d}.jsonl")) as removed:
+        for row, (doc, line) in enumerate(zip(iter_shard(shard), stripped_file)):
             chars = int(state["chars"][row])
             if chars:
                 source_chars[str(doc.get("source") or "")] += chars
@@ -322,7 +331,7 @@ def task_write(shard: str, index: int, work: Work, fmt: str) -> dict[str, Any]:
             append_jsonl(removed, {**doc, "reason": reason, "filter": f"dedup.{reason}", "value": value,
                                    "duplicate_of": duplicate_of, "cluster_id": rep_id})
     if kept_records:
-        write_parquet(work.root / f"kept-{index:05d}.parquet", kept_records)
+        write_parquet(storage.join(work.root, f"kept-{index:05d}.parquet"), kept_records)
     return {"removed": dict(removed_by), "source_chars": dict(source_chars), "kept_chars": kept_chars,
             "chars": int(state["chars"].sum())}
 
@@ -391,9 +400,9 @@ class DedupPasses:
             def run(label, fn, args_list):
                 return run_tasks(f"{ctx.stage}: {label}", fn, args_list, docs.options)
 
-            star, rounds = connected_components(work.table(EDGES), work.root / "shuffle", partitions, run)
+            star, rounds = connected_components(work.table(EDGES), storage.join(work.root, "shuffle"), partitions, run)
             remove(work.table(EDGES))
-            run("component labels", task_labels, [(p, str(star), work_ref) for p in range(partitions)])
+            run("component labels", task_labels, [(p, star, work_ref) for p in range(partitions)])
             remove(star)
             timings["components_s"] = time.time() - started
             shards_wave("components", task_member_facts)
@@ -406,7 +415,7 @@ class DedupPasses:
             del sizes[1]
 
         written = shards_wave("write", task_write, cfg.output_format)
-        remove(work.root / "shuffle")
+        remove(storage.join(work.root, "shuffle"))
         docs.finish(cfg.output_format)
 
         removed = {reason: sum(w["removed"].get(reason, 0) for w in written) for reason in core.REASONS.values()}

@@ -1,10 +1,13 @@
 """quality on Ray: (T) each shard's labeled examples written to work files by a Ray task, and
 the classifier trained by one more task on them, single-threaded and seeded (the driver sees only
 counts); (Q) every shard masked, language-tagged, filtered and scored by a Ray task that writes its
-kept/removed parts."""
+kept/removed parts. Tasks share nothing with the driver but the work location (``stages.core.storage``):
+the classifier goes there, and the driver copies it into the outputs."""
 
 from __future__ import annotations
 
+import functools
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.core import names
+from stages.core import names, storage
 from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageInput, StageResult
 from stages.core.digests import sha256_file
 from stages.core.document_shards import ShardedDocuments
@@ -36,14 +39,13 @@ def registry_name(pipeline: str) -> str:
     return names.registered_model(pipeline, "quality")
 
 
-def task_examples(shard: str, index: int, cfg: QualityConfig) -> dict[str, int]:
+def task_examples(shard: str, index: int, work: str, cfg: QualityConfig) -> dict[str, int]:
     """Write the shard's labeled documents as classifier lines (training lines, and held-out
     [label, line] rows); returns how many of each split and label."""
-    work = Path(shard).parent
     counts: Counter = Counter()
-    with open(work / TRAIN_PART.format(index), "w", encoding="utf-8") as train, \
-            open(work / TEST_PART.format(index), "w", encoding="utf-8") as test:
-        for doc in iter_shard(Path(shard)):
+    with storage.open_output(storage.join(work, TRAIN_PART.format(index))) as train, \
+            storage.open_output(storage.join(work, TEST_PART.format(index))) as test:
+        for doc in iter_shard(shard):
             labeled = clf.label_of(doc, cfg.classifier.rules)
             if labeled:
                 label, split = labeled
@@ -56,38 +58,47 @@ def task_examples(shard: str, index: int, cfg: QualityConfig) -> dict[str, int]:
     return dict(counts)
 
 
-def task_train_classifier(work: str, shards: int, cfg: ClassifierConfig, model_path: str) -> dict[str, Any]:
-    """Train on every shard's training lines in shard order, save the model, and score it on the
-    held-out rows."""
-    work_dir = Path(work)
-    train_path = work_dir / "classifier-train.txt"
-    concatenate([work_dir / TRAIN_PART.format(i) for i in range(shards)], train_path)
-    model = clf.train_file(train_path, cfg, Path(model_path))
-    train_path.unlink()
+def task_train_classifier(work: str, shards: int, cfg: ClassifierConfig, model_location: str) -> dict[str, Any]:
+    """Train on every shard's training lines in shard order (fastText reads a local file, so they are
+    gathered into one on this worker), put the model at ``model_location``, and score it on the held-out
+    rows."""
+    with tempfile.TemporaryDirectory(prefix="lmforge-classifier-") as scratch:
+        train_path = Path(scratch) / "classifier-train.txt"
+        concatenate([storage.join(work, TRAIN_PART.format(i)) for i in range(shards)], train_path)
+        model = clf.train_file(train_path, cfg, Path(scratch) / clf.MODEL_FILE)
+        storage.upload(Path(scratch) / clf.MODEL_FILE, model_location)
     labels, lines = [], []
     for i in range(shards):
-        for label, line in iter_shard(work_dir / TEST_PART.format(i)):
+        for label, line in iter_shard(storage.join(work, TEST_PART.format(i))):
             labels.append(1 if label == "hq" else 0)
             lines.append(line)
-        (work_dir / TEST_PART.format(i)).unlink()
+        storage.remove(storage.join(work, TEST_PART.format(i)))
     return clf.evaluate(np.array(labels), clf.scores(model, lines))
 
 
-def quality_shard(shard: str, index: int, cfg: QualityConfig, model_path: str | None) -> ShardStats:
+@functools.lru_cache(maxsize=1)
+def _classifier_model(location: str):
+    """The classifier at a work location, loaded once per worker process (fetched first if it is remote)."""
+    if not storage.is_remote(location):
+        return clf.load(Path(location))
+    local = Path(tempfile.mkdtemp(prefix="lmforge-classifier-")) / clf.MODEL_FILE
+    return clf.load(storage.download(location, local))
+
+
+def quality_shard(shard: str, index: int, work: str, cfg: QualityConfig, model_location: str | None) -> ShardStats:
     import os
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    model = clf.load(Path(model_path)) if model_path else None
-    kept, removed, stats = process(read_shard(Path(shard)), cfg, model)
-    work = Path(shard).parent
+    model = _classifier_model(model_location) if model_location else None
+    kept, removed, stats = process(read_shard(shard), cfg, model)
     for name, records in (("kept", kept), ("removed", removed)):
-        with open(work / f"{name}-{index:05d}.jsonl", "w", encoding="utf-8") as handle:
+        with storage.open_output(storage.join(work, f"{name}-{index:05d}.jsonl")) as handle:
             for record in records:
                 append_jsonl(handle, record)
     if cfg.output_format == "parquet" and kept:
         from stages.core.docio import write_parquet
 
-        write_parquet(work / f"kept-{index:05d}.parquet", kept)
+        write_parquet(storage.join(work, f"kept-{index:05d}.parquet"), kept)
     return stats
 
 
@@ -122,6 +133,11 @@ class QualityStage(Stage[QualityConfig]):
         metrics: dict[str, float] = {}
         details: dict[str, Any] = {}
         model_path, source = self._classifier(ctx, cfg, docs, metrics, details)
+        model_location = None
+        if model_path is not None:  # the tasks read it from the work location, which every node reaches
+            model_location = storage.join(docs.work, clf.MODEL_FILE)
+            if not storage.exists(model_location):  # given or registered (one trained here is there already)
+                storage.upload(model_path, model_location)
         if model_path is None:
             message = ("quality: no quality classifier (none registered as "
                        f"{registry_name(ctx.pipeline_name)}@latest, none given with --input classifier=PATH): "
@@ -133,7 +149,7 @@ class QualityStage(Stage[QualityConfig]):
 
         started = time.time()
         stats = ShardStats()
-        for shard_stats in docs.map("filtering", quality_shard, lambda i: (cfg, str(model_path) if model_path else None)):
+        for shard_stats in docs.map("filtering", quality_shard, lambda i: (docs.work, cfg, model_location)):
             stats.merge(shard_stats)
         metrics["time.filter_s"] = time.time() - started
         metrics["docs_per_s"] = sharded.documents / max(metrics["time.filter_s"], 1e-9)
@@ -194,7 +210,7 @@ class QualityStage(Stage[QualityConfig]):
                details: dict[str, Any]) -> Path:
         started = time.time()
         found: Counter = Counter()
-        for part in docs.map("classifier examples", task_examples, lambda i: (cfg,)):
+        for part in docs.map("classifier examples", task_examples, lambda i: (docs.work, cfg)):
             found.update(part)
         counts = {f"{split}.{label}": found.get(f"{split}.{label}", 0)
                   for split in ("train", "test") for label in ("hq", "lq")}
@@ -206,8 +222,10 @@ class QualityStage(Stage[QualityConfig]):
                 f"{cfg.classifier.min_examples} each; rules: quality.classifier.rules). Set "
                 "quality.classifier.mode=none or registered, or give --input classifier=PATH")
         path = ctx.output_dir / clf.MODEL_FILE
+        location = storage.join(docs.work, clf.MODEL_FILE)
         evaluation = run_tasks(f"{ctx.stage}: classifier", task_train_classifier,
-                               [(str(docs.work), len(docs.shards), cfg.classifier, str(path))], docs.options)[0]
+                               [(docs.work, len(docs.shards), cfg.classifier, location)], docs.options)[0]
+        storage.download(location, path)
         train_docs = counts["train.hq"] + counts["train.lq"]
         details["classifier_eval"] = evaluation
         metrics.update({f"classifier.{k}": v for k, v in evaluation.items()})
