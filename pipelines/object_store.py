@@ -143,7 +143,7 @@ def _create_bucket(store: ObjectStore) -> None:
         handle.read()
 
 
-def stop(folder: Path, timeout_s: float = 5.0) -> None:
+def stop(folder: Path, timeout_s: float = 3.0) -> None:
     """Stop the server started on ``folder`` (its whole process group), if it runs."""
     pid_file = Path(folder) / "weed.pid"
     if not pid_file.exists():

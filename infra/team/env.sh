@@ -6,6 +6,7 @@ TEAM_HOST="${LMFORGE_TEAM_HOST:-127.0.0.1}"
 PG_PORT="${LMFORGE_PG_PORT:-5433}"
 MLFLOW_PORT="${LMFORGE_MLFLOW_PORT:-5000}"
 PREFECT_PORT="${LMFORGE_PREFECT_PORT:-4200}"
+S3_PORT="${LMFORGE_S3_PORT:-8333}"
 PG_DATA="$TEAM_DIR/postgres"
 PG_USER=lmforge
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"

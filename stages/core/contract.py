@@ -115,15 +115,21 @@ class StageContext(Generic[ConfigT]):
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("lmforge.stage"))
     # object storage (s3://bucket/prefix) where Ray tasks hand files to each other; None = local disk
     storage: str | None = None
+    work: str | None = None  # the work location, once asked for
 
     def work_location(self) -> str:
-        """A fresh folder for this run's work files, which every Ray task can reach: under the output
-        folder on local disk, or under ``storage`` when nodes share no disk."""
-        if self.storage is None:
-            return str(self.output_dir / "_work")
-        from stages.core.storage import join
+        """This run's folder for work files, which every Ray task can reach: under the output folder on
+        local disk, or a fresh one under ``storage`` when nodes share no disk (the runner removes it
+        if the stage fails)."""
+        if self.work is None:
+            if self.storage is None:
+                self.work = str(self.output_dir / "_work")
+            else:
+                from stages.core.storage import join
 
-        return join(self.storage, "work", self.stage, f"{self.cache_key[:16] or 'adhoc'}-{uuid.uuid4().hex[:8]}")
+                self.work = join(self.storage, "work", self.stage,
+                                 f"{self.cache_key[:16] or 'adhoc'}-{uuid.uuid4().hex[:8]}")
+        return self.work
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Step metrics (training curves) go to MLflow while the stage runs."""

@@ -75,6 +75,8 @@ def run_tasks(label: str, fn, args_list: list[tuple], options: dict) -> list:
 
     from stages.core.progress import stage_progress
 
+    from stages.core.errors import LmforgeError
+
     remote = ray.remote(fn).options(**options)
     refs = [remote.remote(*args) for args in args_list]
     results: dict = {}
@@ -83,7 +85,15 @@ def run_tasks(label: str, fn, args_list: list[tuple], options: dict) -> list:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                results[ref] = ray.get(ref)
+                try:
+                    results[ref] = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    # an error meant for the user (object storage down, ...) stays one line, not a task traceback
+                    if isinstance(exc.cause, LmforgeError):
+                        for other in pending:
+                            ray.cancel(other)
+                        raise exc.cause from None
+                    raise
                 advance(1)
     return [results[ref] for ref in refs]
 

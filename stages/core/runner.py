@@ -7,6 +7,7 @@ Prefect flow (inline) and the Ray-job executor (through the standalone CLI) all 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -24,7 +25,7 @@ from stages.core.environment import environment_hash, hardware, library_versions
 from stages.core.errors import ConfigError, LmforgeError, StageError, cancel_requested, raise_if_cancel_requested
 from stages.core.manifest import MANIFEST, read_manifest, write_manifest
 from stages.core.names import TAG_CACHE_KEY, TAG_COMPLETE, TAG_PIPELINE, TAG_STAGE
-from stages.core.storage import check_storage, configured_storage
+from stages.core.storage import check_storage, configured_storage, remove_tree
 from stages.core.tracking import Tracker
 
 log = logging.getLogger("lmforge.runner")
@@ -146,6 +147,7 @@ def execute_stage(
         tracking.tracker.log_params(run_id, config.model_dump(mode="json"))
         tracking.tracker.log_dataset_inputs(run_id, inputs)
 
+    ctx = None
     try:
         with atomic_output_dir(output_dir) as tmp:
             ctx = StageContext(
@@ -159,6 +161,7 @@ def execute_stage(
             if stage.document_stage:
                 check_invariant(stage.name, result.counts)
             manifest = build_manifest(stage, config, seed, inputs, key, result, tmp, started)
+            manifest["storage"] = storage or "local"  # where its Ray tasks handed work files to each other
             write_manifest(tmp, manifest)
         if tracking is not None and run_id is not None:
             tracker = tracking.tracker
@@ -169,6 +172,9 @@ def execute_stage(
             tracker.set_tags(run_id, {**extra, TAG_COMPLETE: "true"})
             tracker.finish(run_id)
     except BaseException as exc:
+        if ctx is not None and ctx.storage is not None and ctx.work is not None:
+            with contextlib.suppress(Exception):  # object storage may be what failed: then the litter stays
+                remove_tree(ctx.work)
         if tracking is not None and run_id is not None:
             if cancel_requested(exc):
                 tracking.tracker.set_tags(run_id, {names.TAG_ERROR: "cancelled"})

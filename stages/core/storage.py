@@ -276,6 +276,20 @@ def list_files(directory: str | Path, suffix: str = "", prefix: str = "") -> lis
             if n.startswith(prefix) and n.endswith(suffix) and not n.startswith(".")]
 
 
+def list_tree(directory: str | Path) -> list[str]:
+    """Every file under ``directory``, at any depth, sorted (none if it does not exist)."""
+    directory = str(directory)
+    if not is_remote(directory):
+        base = Path(directory)
+        return sorted(str(p) for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
+    from pyarrow import fs as pafs
+
+    fs, path = _s3(directory)
+    with _named(directory):
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    return sorted(S3 + info.path for info in infos if info.type == pafs.FileType.File)
+
+
 def remove(location: str | Path) -> None:
     """Remove a file if it is there."""
     location = str(location)

@@ -55,7 +55,7 @@ def _jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_standalone_dedup_contract(home, tmp_path):
+def test_standalone_dedup_contract(home, tmp_path, object_store, s3_env):
     path, planted, valid, broken = _planted_corpus(tmp_path)
     out = tmp_path / "out"
     proc = run_cli(["stage", "dedup", "--input", str(path), "--output", str(out),
@@ -102,13 +102,17 @@ def test_standalone_dedup_contract(home, tmp_path):
     assert manifest["details"]["cluster_size_histogram"] == \
         {str(k): v for k, v in sorted(Counter(int(s) for s in sizes[sizes > 0]).items())}
 
-    # same input and config: byte-identical outputs
+    # same input and config, with the work files (shards, shuffles, parts) on S3: byte-identical outputs,
+    # and no work file left behind
+    from stages.core import storage
+
     out2 = tmp_path / "out2"
-    run_cli(["stage", "dedup", "--input", str(path), "--output", str(out2),
+    run_cli(["stage", "dedup", "--input", str(path), "--output", str(out2), "--storage", object_store.uri("ci"),
              "--set", "dedup.shard_docs=37", "--set", "dedup.boilerplate_min_docs=5"])
     again = json.loads((out2 / "manifest.json").read_text())
     assert {k: v for k, v in again["outputs"].items() if not k.endswith(".png")} == \
         {k: v for k, v in manifest["outputs"].items() if not k.endswith(".png")}
+    assert storage.list_tree(object_store.uri("ci")) == []
 
 
 def _kill_first_signature_worker(stop: threading.Event, killed: list[int]) -> None:
