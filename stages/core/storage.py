@@ -256,6 +256,28 @@ def exists(location: str | Path) -> bool:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def size(location: str | Path) -> int:
+    location = str(location)
+    if not is_remote(location):
+        return Path(location).stat().st_size
+    fs, path = _s3(location)
+    with _named(location):
+        return fs.get_file_info(path).size
+
+
+def download_folder(location: str | Path, local: Path) -> Path:
+    """The files directly in a folder, copied into the local folder ``local``."""
+    for item in list_files(location):
+        download(item, local / name_of(item))
+    return local
+
+
+def upload_folder(local: Path, location: str | Path) -> None:
+    for item in sorted(local.iterdir()):
+        if item.is_file():
+            upload(item, join(location, item.name))
+
+
 def list_files(directory: str | Path, suffix: str = "", prefix: str = "") -> list[str]:
     """The files directly in ``directory`` whose names start with ``prefix`` and end with ``suffix``,
     sorted by name (temporary files left out); none if it does not exist."""
@@ -325,6 +347,15 @@ def download(location: str | Path, local: Path) -> Path:
         while chunk := src.read(1 << 23):
             dst.write(chunk)
     return local
+
+
+def move_to_local(location: str | Path, local: Path) -> None:
+    """Move a file from the work location to a local path (a rename on local disk)."""
+    if not is_remote(location):
+        os.replace(location, local)
+        return
+    download(location, local)
+    remove(location)
 
 
 def upload(local: Path, location: str | Path) -> None:

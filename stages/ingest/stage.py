@@ -1,17 +1,22 @@
 """ingest on Ray: files are extracted by Ray tasks, each writing one output shard.
 
 The driver only plans, schedules and sums small per-task stats; document text never
-passes through it, so memory stays flat as the corpus grows.
+passes through it while tasks run, so memory stays flat as the corpus grows. Tasks write
+their shards, quarantine parts and file rows to the work location (local, or object storage
+that nodes without a shared disk reach: ``stages.core.storage``); the driver then moves the
+shards into the outputs, streaming.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from stages.core import storage
 from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageInput, StageResult
 from stages.core.docio import Quarantined, append_jsonl, read_documents, write_parquet
 from stages.core.progress import stage_progress
@@ -57,20 +62,20 @@ FILES_PARTS = "_files"
 FILES_TABLE = "files.jsonl"
 
 
-def extract_batch(index: int, batch: list[FileTask], out_dir: str, output_format: str,
+def _part(work: str, folder: str, index: int, suffix: str = "jsonl") -> str:
+    return storage.join(work, folder, f"part-{index:05d}.{suffix}")
+
+
+def extract_batch(index: int, batch: list[FileTask], work: str, output_format: str,
                   max_chars: int, max_file_bytes: int) -> dict[str, Any]:
     """Extract one batch into shard ``index``; return per-source stats and the files that gave no document
     (never the text). Each file's row goes to the per-file table; each document's id to the id log."""
     docs: list[dict[str, Any]] = []
     stats: dict[str, Counter] = defaultdict(Counter)
     empty: list[str] = []
-    out = Path(out_dir)
-    quarantine_path = out / QUARANTINE_PARTS / f"part-{index:05d}.jsonl"
-    quarantine_path.parent.mkdir(parents=True, exist_ok=True)
-    (out / FILES_PARTS).mkdir(exist_ok=True)
-    ids = IdLog(out, index)
-    with open(quarantine_path, "w", encoding="utf-8") as quarantine, \
-            open(out / FILES_PARTS / f"part-{index:05d}.jsonl", "w", encoding="utf-8") as files:
+    ids = IdLog(work, index)
+    with storage.open_output(_part(work, QUARANTINE_PARTS, index)) as quarantine, \
+            storage.open_output(_part(work, FILES_PARTS, index)) as files:
         for task in batch:
             source_stats = stats[task.source]
             source_stats["files"] += 1
@@ -98,12 +103,7 @@ def extract_batch(index: int, batch: list[FileTask], out_dir: str, output_format
             append_jsonl(files, row)
     ids.close()
     if docs:
-        if output_format == "parquet":
-            write_parquet(out / KEPT_DIR / f"part-{index:05d}.parquet", docs)
-        else:
-            with open(out / KEPT_DIR / f"part-{index:05d}.jsonl", "w", encoding="utf-8") as handle:
-                for doc in docs:
-                    append_jsonl(handle, doc)
+        _write_kept(_part(work, KEPT_DIR, index, _suffix(output_format)), docs, output_format)
     return {"per_source": {source: dict(counter) for source, counter in stats.items()}, "empty": empty}
 
 
@@ -121,18 +121,34 @@ def _file_items(task: FileTask, max_chars: int, max_file_bytes: int):
     return extract(task, data, max_chars)
 
 
-def task_drop_repeats(index: int, out_dir: str, output_format: str) -> dict[str, dict[str, Any]]:
-    """Rewrite kept shard ``index`` without its repeated ids (quarantined as duplicate_id); the counts that
-    moved from kept to quarantined, per source and per file."""
-    out = Path(out_dir)
-    repeats = repeated_rows(out, index)
-    suffix = "parquet" if output_format == "parquet" else "jsonl"
-    part = out / KEPT_DIR / f"part-{index:05d}.{suffix}"
-    docs = [d for d in read_documents(part) if isinstance(d, dict)]
+def _suffix(output_format: str) -> str:
+    return "parquet" if output_format == "parquet" else "jsonl"
+
+
+def _write_kept(location: str, docs: list[dict[str, Any]], output_format: str) -> None:
+    if output_format == "parquet":
+        write_parquet(location, docs)
+        return
+    with storage.open_output(location) as handle:
+        for doc in docs:
+            append_jsonl(handle, doc)
+
+
+def task_drop_repeats(index: int, work: str, output_format: str) -> dict[str, dict[str, Any]]:
+    """Rewrite kept shard ``index`` without its repeated ids (quarantined as duplicate_id, after the shard's
+    other quarantined records); the counts that moved from kept to quarantined, per source and per file."""
+    repeats = repeated_rows(work, index)
+    part = _part(work, KEPT_DIR, index, _suffix(output_format))
+    with tempfile.TemporaryDirectory(prefix="lmforge-ingest-") as scratch:
+        local = storage.download(part, Path(scratch) / storage.name_of(part))
+        docs = [d for d in read_documents(local) if isinstance(d, dict)]
     moved: dict[str, Counter] = defaultdict(Counter)
     per_file: Counter = Counter()
     kept = []
-    with open(out / QUARANTINE_PARTS / f"part-{index:05d}.jsonl", "a", encoding="utf-8") as quarantine:
+    quarantine_part = _part(work, QUARANTINE_PARTS, index)
+    earlier = storage.read_bytes(quarantine_part).decode("utf-8")
+    with storage.open_output(quarantine_part) as quarantine:
+        quarantine.write(earlier)
         for row, doc in enumerate(docs):
             if row not in repeats:
                 kept.append(doc)
@@ -144,13 +160,9 @@ def task_drop_repeats(index: int, out_dir: str, output_format: str) -> dict[str,
             counter["docs"] += 1
             counter["chars"] += len(doc["text"])
             counter["text_bytes"] += len(doc["text"].encode("utf-8"))
-    part.unlink()
-    if kept and output_format == "parquet":
-        write_parquet(part, kept)
-    elif kept:
-        with open(part, "w", encoding="utf-8") as handle:
-            for doc in kept:
-                append_jsonl(handle, doc)
+    storage.remove(part)
+    if kept:
+        _write_kept(part, kept, output_format)
     return {"per_source": {source: dict(counter) for source, counter in moved.items()}, "per_file": dict(per_file)}
 
 
@@ -195,7 +207,7 @@ class IngestStage(Stage[IngestConfig]):
         tasks = self.plan(config, ctx.seed)
         batches = batch_tasks(tasks, config.task_mb)
         out = ctx.output_dir
-        (out / KEPT_DIR).mkdir()
+        work = ctx.work_location()
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
         remote = ray.remote(extract_batch).options(num_cpus=config.task_cpus, max_retries=2)
         total_bytes = sum(task.size for task in tasks)
@@ -203,7 +215,7 @@ class IngestStage(Stage[IngestConfig]):
                      len(tasks), total_bytes / 1e6, len({t.source for t in tasks}), len(batches))
         started = time.time()
         pending = {
-            remote.remote(i, batch, str(out), config.output_format, config.max_doc_chars,
+            remote.remote(i, batch, work, config.output_format, config.max_doc_chars,
                           int(config.max_file_mb * 1e6)): batch
             for i, batch in enumerate(batches)
         }
@@ -221,9 +233,9 @@ class IngestStage(Stage[IngestConfig]):
                         empty += result["empty"][:MAX_LISTED_EMPTY - len(empty)]
                     advance(sum(task.size for task in batch))
         elapsed = max(time.time() - started, 1e-9)
-        repeated = self._drop_repeated_ids(out, len(batches), config, per_source)
+        repeated = self._drop_repeated_ids(work, len(batches), config, per_source)
 
-        self._finish_outputs(out, config.output_format, len(batches), repeated)
+        self._finish_outputs(out, work, config.output_format, len(batches), repeated)
         kept = sum(c["docs"] for c in per_source.values())
         quarantined = sum(c["quarantined"] for c in per_source.values())
         reasons = Counter()
@@ -258,15 +270,15 @@ class IngestStage(Stage[IngestConfig]):
         )
 
     @staticmethod
-    def _drop_repeated_ids(out: Path, parts: int, config: IngestConfig, per_source: dict[str, Counter]) -> Counter:
+    def _drop_repeated_ids(work: str, parts: int, config: IngestConfig, per_source: dict[str, Counter]) -> Counter:
         """The second and later documents with one id are quarantined (``duplicate_id``), across all files;
         returns how many each file lost that way."""
         options = {"num_cpus": config.task_cpus, "max_retries": 2}
-        repeats = find_repeats(out, parts, options, "ingest")
+        repeats = find_repeats(work, parts, options, "ingest")
         per_file: Counter = Counter()
         if repeats:
             moved = run_tasks("ingest: drop repeated ids", task_drop_repeats,
-                              [(i, str(out), config.output_format) for i in sorted(repeats)], options)
+                              [(i, work, config.output_format) for i in sorted(repeats)], options)
             for result in moved:
                 per_file.update(result["per_file"])
                 for source, counter in result["per_source"].items():
@@ -274,18 +286,19 @@ class IngestStage(Stage[IngestConfig]):
                     stats.subtract(counter)
                     stats["quarantined"] += counter["docs"]
                     stats[f"quarantined.{DUPLICATE_ID}"] += counter["docs"]
-        remove_logs(out)
+        remove_logs(work)
         return per_file
 
     @staticmethod
-    def _finish_outputs(out: Path, output_format: str, parts: int, repeated: Counter) -> None:
-        """Concatenate per-task quarantine parts, file tables (and JSONL shards) in shard order; a file's row
-        counts the documents it lost to a repeated id as quarantined."""
-        concatenate([out / QUARANTINE_PARTS / f"part-{i:05d}.jsonl" for i in range(parts)], out / "quarantined.jsonl")
+    def _finish_outputs(out: Path, work: str, output_format: str, parts: int, repeated: Counter) -> None:
+        """Concatenate per-task quarantine parts, file tables (and JSONL shards) in shard order, move Parquet
+        shards into ``kept/``, and drop the work location; a file's row counts the documents it lost to a
+        repeated id as quarantined."""
+        concatenate([_part(work, QUARANTINE_PARTS, i) for i in range(parts)], out / "quarantined.jsonl")
         with open(out / FILES_TABLE, "w", encoding="utf-8") as table:
             for i in range(parts):
-                part = out / FILES_PARTS / f"part-{i:05d}.jsonl"
-                with open(part, encoding="utf-8") as handle:
+                part = _part(work, FILES_PARTS, i)
+                with storage.open_text(part) as handle:
                     for line in handle:
                         row = json.loads(line)
                         lost = repeated.get(row["url"], 0)
@@ -294,11 +307,13 @@ class IngestStage(Stage[IngestConfig]):
                             row["quarantined"] += lost
                             row["reasons"][DUPLICATE_ID] = row["reasons"].get(DUPLICATE_ID, 0) + lost
                         append_jsonl(table, row)
-                part.unlink()
-        for folder in (QUARANTINE_PARTS, FILES_PARTS):
-            if (out / folder).exists():
-                (out / folder).rmdir()
         (out / "removed.jsonl").write_text("", encoding="utf-8")
+        kept = [_part(work, KEPT_DIR, i, _suffix(output_format)) for i in range(parts)]
         if output_format == "jsonl":
-            concatenate(sorted((out / KEPT_DIR).glob("part-*.jsonl")), out / "kept.jsonl")
-            (out / KEPT_DIR).rmdir()
+            concatenate(kept, out / "kept.jsonl")
+        else:
+            (out / KEPT_DIR).mkdir()
+            for i, part in enumerate(kept):
+                if storage.exists(part):
+                    storage.move_to_local(part, out / KEPT_DIR / f"part-{i:05d}.parquet")
+        storage.remove_tree(work)

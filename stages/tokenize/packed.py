@@ -12,7 +12,6 @@ reset position ids and keep attention inside a document.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,24 +45,19 @@ class ShardHeader:
         return self.num_sequences * self.seq_len
 
 
-def write_shard(prefix: Path, tokens: np.ndarray, doc_ends: np.ndarray, header: ShardHeader) -> None:
-    """Write ``prefix.bin`` and ``prefix.idx`` atomically (temp names, then rename)."""
+def write_shard(prefix: str | Path, tokens: np.ndarray, doc_ends: np.ndarray, header: ShardHeader) -> None:
+    """Write ``prefix.bin`` and ``prefix.idx``, each atomically (a local path or an s3:// location)."""
+    from stages.core import storage
+
     assert tokens.size == header.num_tokens, (tokens.size, header.num_tokens)
     dtype = np.dtype(header.dtype)
-    bin_path, idx_path = prefix.with_suffix(".bin"), prefix.with_suffix(".idx")
-    tmp_bin, tmp_idx = bin_path.with_suffix(".bin.tmp"), idx_path.with_suffix(".idx.tmp")
-    tokens.astype(dtype, copy=False).tofile(tmp_bin)
     meta = json.dumps({"format": "lmforge-packed", "version": FORMAT_VERSION, **header.__dict__},
                       sort_keys=True).encode()
     seq_offsets = np.arange(header.num_sequences, dtype="<i8") * header.seq_len
-    with open(tmp_idx, "wb") as handle:
-        handle.write(MAGIC)
-        handle.write(struct.pack("<Q", len(meta)))
-        handle.write(meta)
-        handle.write(np.asarray(doc_ends, dtype="<i8").tobytes())
-        handle.write(seq_offsets.tobytes())
-    os.replace(tmp_bin, bin_path)
-    os.replace(tmp_idx, idx_path)
+    storage.write_bytes(f"{prefix}.bin", tokens.astype(dtype, copy=False).tobytes())
+    storage.write_bytes(f"{prefix}.idx", b"".join([MAGIC, struct.pack("<Q", len(meta)), meta,
+                                                   np.asarray(doc_ends, dtype="<i8").tobytes(),
+                                                   seq_offsets.tobytes()]))
 
 
 def read_header(idx_path: Path) -> tuple[ShardHeader, int]:

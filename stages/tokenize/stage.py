@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.core import names
+from stages.core import names, storage
 from stages.core.contract import Dashboard, Figure, FunnelStep, Stage, StageContext, StageInput, StageResult
 from stages.core.errors import StageError
 from stages.core.ray_runtime import ensure_ray
@@ -37,7 +37,7 @@ def registry_name(pipeline: str) -> str:
     return names.registered_model(pipeline, "tokenizer")
 
 
-def write_rows(prefix: Path, packed, real_tokens: int, split: str, seq_len: int, meta: dict[str, Any]) -> int:
+def write_rows(prefix: str | Path, packed, real_tokens: int, split: str, seq_len: int, meta: dict[str, Any]) -> int:
     """Write a packed split's whole rows as one ``.bin``/``.idx`` shard; returns the row count."""
     rows = packed.tokens.size // seq_len
     if rows:
@@ -67,7 +67,12 @@ class TokenizerActor:
 
     def load(self, tokenizer_dir: str, meta: dict[str, Any]) -> None:
         if self.loaded != tokenizer_dir:  # also after a restart, which reruns only __init__
-            self.tokenizer = bpe.load_fast(Path(tokenizer_dir))
+            local = Path(tokenizer_dir)
+            if storage.is_remote(tokenizer_dir):  # this node shares no disk with the driver
+                import tempfile
+
+                local = storage.download_folder(tokenizer_dir, Path(tempfile.mkdtemp(prefix="lmforge-tokenizer-")))
+            self.tokenizer = bpe.load_fast(local)
             self.encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
             self.meta, self.loaded = meta, tokenizer_dir
 
@@ -108,7 +113,7 @@ class TokenizerActor:
                 stats["tokens_by_source"][source] += tokens.size * n
             batch.clear()
 
-        for doc in iter_shard(Path(shard)):
+        for doc in iter_shard(shard):
             if not isinstance(doc.get("text"), str):
                 continue
             batch.append(doc)
@@ -122,7 +127,7 @@ class TokenizerActor:
         tails = {}
         for split, packer in packers.items():
             packed = packer.finish()
-            stats[f"rows.{split}"] = write_rows(Path(out_dir) / f"{split}-{index:05d}", packed,
+            stats[f"rows.{split}"] = write_rows(storage.join(out_dir, f"{split}-{index:05d}"), packed,
                                                 int(packed.tokens.size), split, cfg.seq_len, meta)
             tails[split] = (packed.tail.astype(np.uint32), packed.tail_doc_ends)
         stats["tails"] = tails
@@ -157,7 +162,7 @@ class TokenizeStage(Stage[TokenizeConfig]):
 
         cfg = ctx.config
         out = ctx.output_dir
-        work = out / "_work"
+        work = ctx.work_location()
         tokens_dir = out / TOKENS_DIR
         tokens_dir.mkdir(parents=True)
         timings: dict[str, float] = {}
@@ -188,10 +193,15 @@ class TokenizeStage(Stage[TokenizeConfig]):
         meta = {**ids, "digest": bpe.tokenizer_digest(tok_dir), "dtype": token_dtype(ids["vocab_size"]).str}
 
         t0 = time.time()
-        ray.get([actor.load.remote(str(tok_dir), meta) for actor in actors])
+        # the actors read the tokenizer and write their token shards where every node reaches
+        tokenizer_at, tokens_at = str(tok_dir), str(tokens_dir)
+        if ctx.storage is not None:
+            tokenizer_at, tokens_at = storage.join(work, TOKENIZER_DIR), storage.join(work, TOKENS_DIR)
+            storage.upload_folder(tok_dir, tokenizer_at)
+        ray.get([actor.load.remote(tokenizer_at, meta) for actor in actors])
         pool = ActorPool(actors)
         for i, shard in enumerate(shards):
-            pool.submit(lambda actor, args: actor.run_shard.remote(*args), (shard, i, str(tokens_dir), str(tok_dir), meta))
+            pool.submit(lambda actor, args: actor.run_shard.remote(*args), (shard, i, tokens_at, tokenizer_at, meta))
         results = []
         with stage_progress(f"tokenize: {n_actors} actors", total=len(shards), unit="shards") as advance:
             while pool.has_next():
@@ -200,6 +210,9 @@ class TokenizeStage(Stage[TokenizeConfig]):
         timings["tokenize_s"] = time.time() - t0
         for actor in actors:
             ray.kill(actor)
+        if tokens_at != str(tokens_dir):
+            for item in storage.list_files(tokens_at):
+                storage.move_to_local(item, tokens_dir / storage.name_of(item))
 
         totals = _merge(results)
         for split in SPLITS:
@@ -209,7 +222,7 @@ class TokenizeStage(Stage[TokenizeConfig]):
             packed = packer.finish(pad_to_full_row=ids["pad"])
             totals["rows"][split] += write_rows(tokens_dir / f"{split}-tail", packed, packer.size, split,
                                                 cfg.seq_len, meta)
-        shutil.rmtree(work)
+        storage.remove_tree(work)
         if totals["rows"]["train"] == 0:
             raise StageError(f"tokenize: no training tokens (validation_fraction={cfg.validation_fraction}, "
                              f"mixture={cfg.mixture})")
@@ -234,12 +247,12 @@ class TokenizeStage(Stage[TokenizeConfig]):
     def _train_tokenizer(self, cfg: TokenizeConfig, seed: int, shards: list[str], folder: Path,
                          ctx: StageContext) -> None:
         """BPE on a seeded sample (about ``train_mb``) of training-split text, streamed from the shards."""
-        total = sum(Path(s).stat().st_size for s in shards)
+        total = sum(storage.size(s) for s in shards)
         keep = min(1.0, cfg.tokenizer.train_mb * 1e6 / max(total, 1))
 
         def texts():
             for shard in shards:
-                for doc in iter_shard(Path(shard)):
+                for doc in iter_shard(shard):
                     text = doc.get("text")
                     if (isinstance(text, str) and split_of(seed, doc["id"], cfg.validation_fraction) == "train"
                             and unit_hash(seed, "bpe", doc["id"]) < keep):
