@@ -109,7 +109,9 @@ def start(folder: Path, s3_port: int | None = None, timeout_s: float = 60.0) -> 
         [weed_binary(), "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
          f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
          "-s3", f"-s3.port={s3_port}", f"-s3.config={folder / 's3-identity.json'}", "-s3.port.iceberg=0",
-         "-s3.port.lance=0", "-master.telemetry=false", "-volume.max=0"],
+         # 1 GB volumes, up to 100: the default 30 GB volumes with a count from the free disk leave no writable
+         # volume for SeaweedFS's own metadata collection on a small disk
+         "-s3.port.lance=0", "-master.telemetry=false", "-master.volumeSizeLimitMB=1024", "-volume.max=100"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     (folder / "weed.pid").write_text(str(process.pid))
     store = ObjectStore(folder, s3_port, key, secret, process.pid)

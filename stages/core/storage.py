@@ -58,7 +58,8 @@ def endpoint() -> str:
 
 
 @functools.cache
-def _s3_filesystem(endpoint_url: str | None, key: str | None, secret: str | None, region: str | None):
+def _s3_filesystem(endpoint_url: str | None, key: str | None, secret: str | None, region: str | None,
+                   quick: bool = False):
     from pyarrow import fs as pafs
 
     options = {"region": region or "us-east-1"}
@@ -68,17 +69,19 @@ def _s3_filesystem(endpoint_url: str | None, key: str | None, secret: str | None
         options["endpoint_override"] = endpoint_url
         options["scheme"] = "https" if endpoint_url.startswith("https") else "http"
     # bounded retries, so that a stopped server fails the task instead of hanging it
-    options["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=3)
+    # bounded waits, so that a stopped or stuck server fails the stage instead of hanging it (the check before
+    # any work waits less)
+    options["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=1 if quick else 3)
     options["connect_timeout"] = 5
-    options["request_timeout"] = 60
+    options["request_timeout"] = 15 if quick else 60
     return pafs.S3FileSystem(**options)
 
 
-def _s3(location: str) -> tuple[object, str]:
+def _s3(location: str, quick: bool = False) -> tuple[object, str]:
     """(pyarrow S3 filesystem, bucket/key) for an ``s3://`` location."""
     fs = _s3_filesystem(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
                         os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                        os.environ.get("AWS_REGION"))
+                        os.environ.get("AWS_REGION"), quick)
     return fs, location[len(S3):].rstrip("/")
 
 
@@ -256,6 +259,28 @@ def exists(location: str | Path) -> bool:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def list_dirs(directory: str | Path, prefix: str = "") -> list[str]:
+    """The folders directly in ``directory`` whose names start with ``prefix``, sorted."""
+    directory = str(directory)
+    if not is_remote(directory):
+        base = Path(directory)
+        names = [p.name for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
+    else:
+        from pyarrow import fs as pafs
+
+        fs, path = _s3(directory)
+        with _named(directory):
+            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        names = [info.base_name for info in infos if info.type == pafs.FileType.Directory]
+    return [join(directory, n) for n in sorted(names) if n.startswith(prefix)]
+
+
+def pyarrow_filesystem(location: str) -> tuple[object, str]:
+    """(pyarrow filesystem, path in it) of an ``s3://`` location: what Ray Train's ``storage_filesystem`` and
+    ``Checkpoint(path, filesystem)`` take."""
+    return _s3(location)
+
+
 def size(location: str | Path) -> int:
     location = str(location)
     if not is_remote(location):
@@ -379,7 +404,7 @@ def check_storage(uri: str) -> None:
     bucket = uri[len(S3):].split("/", 1)[0]
     if not bucket:
         raise ConfigError(f"engines.storage: {uri!r} names no bucket (s3://BUCKET/prefix)")
-    fs, path = _s3(uri)
+    fs, path = _s3(uri, quick=True)
     probe = f"{path}/.lmforge-check-{uuid.uuid4().hex[:8]}"
     try:
         if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
@@ -396,8 +421,10 @@ def check_storage(uri: str) -> None:
         elif any(code in text for code in ("ACCESS_DENIED", "SIGNATURE_DOES_NOT_MATCH", "INVALID_ACCESS_KEY",
                                            "InvalidAccessKeyId", "AccessDenied")):
             why = "the credentials were refused (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
-        elif "NETWORK_CONNECTION" in text or "Connection refused" in text or "curlCode" in text:
+        elif "Connection refused" in text or "Could not connect" in text or "Couldn't connect" in text:
             why = "nothing answers there (AWS_ENDPOINT_URL)"
+        elif "NETWORK_CONNECTION" in text or "curlCode" in text or "imed out" in text:
+            why = f"it did not answer in time ({text.split(' (Request ID')[0]})"
         else:
             why = text.split(" (Request ID")[0]
         raise ConfigError(f"engines.storage {uri}: object storage at {endpoint()}: {why}") from exc

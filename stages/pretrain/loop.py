@@ -124,6 +124,30 @@ def save_check(model_dir: Path, probe: dict, live, path: Path) -> float:
     return float(np.abs(logits - live).max())
 
 
+def _local_inputs(job: dict[str, Any]) -> tuple[Path, Path]:
+    """The token shards and the tokenizer as local folders."""
+    from stages.core import storage
+
+    if not storage.is_remote(job["tokens"]):
+        return Path(job["tokens"]), Path(job["tokenizer"])
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="lmforge-pretrain-"))
+    return (storage.download_folder(job["tokens"], scratch / "tokens"),
+            storage.download_folder(job["tokenizer"], scratch / "tokenizer"))
+
+
+def _checkpoint_at(location: str):
+    from ray.train import Checkpoint
+
+    from stages.core import storage
+
+    if not storage.is_remote(location):
+        return Checkpoint.from_directory(location)
+    filesystem, path = storage.pyarrow_filesystem(location)
+    return Checkpoint(path=path, filesystem=filesystem)
+
+
 def train_worker(job: dict[str, Any]) -> None:
     from stages.core.ray_runtime import worker_stdout_to_stderr
 
@@ -150,9 +174,11 @@ def train_worker(job: dict[str, Any]) -> None:
     on_gpu = device.type == "cuda"
     bf16 = cfg.distributed.precision == "bf16" or (cfg.distributed.precision == "auto" and on_gpu)
 
-    # data: the same global batch for any world size; this rank reads its share
-    train = PackedDataset(Path(job["tokens"]), "train")
-    val = PackedDataset(Path(job["tokens"]), "val")
+    # data: the same global batch for any world size; this rank reads its share (fetched first when the
+    # inputs are on object storage: this node may share no disk with the driver)
+    tokens, tokenizer = _local_inputs(job)
+    train = PackedDataset(tokens, "train")
+    val = PackedDataset(tokens, "val")
     seq_len = train.seq_len
     global_batch = cfg.global_batch_tokens // seq_len
     micro = cfg.micro_batch_size
@@ -173,7 +199,7 @@ def train_worker(job: dict[str, Any]) -> None:
     # Ray's own latest checkpoint (after a worker restart), else the one the driver found on disk
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and job.get("resume_from"):
-        checkpoint = Checkpoint.from_directory(job["resume_from"])
+        checkpoint = _checkpoint_at(job["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             marker = json.loads((Path(folder) / CHECKPOINT_MARKER).read_text())
@@ -257,7 +283,7 @@ def train_worker(job: dict[str, Any]) -> None:
                         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
                     model_dir = Path(folder) / MODEL_DIR
                     module.save_pretrained(str(model_dir), state_dict=state, safe_serialization=True)
-                    for item in Path(job["tokenizer"]).iterdir():
+                    for item in tokenizer.iterdir():
                         if item.is_file():
                             shutil.copy2(item, model_dir / item.name)
                     diff = save_check(model_dir, probe, live, Path(folder) / SAVE_CHECK)

@@ -1,6 +1,8 @@
 """pretrain on Ray Train: a ``TorchTrainer`` runs ``loop.train_worker`` on N workers with
-DeepSpeed ZeRO; checkpoints go to ``$LMFORGE_HOME/train/<cache key>`` so running the
-same stage again after a kill resumes where the last checkpoint left off."""
+DeepSpeed ZeRO; checkpoints go to ``$LMFORGE_HOME/train/<cache key>`` (or ``<storage>/train/``
+on object storage, Ray Train's ``storage_path``) so running the same stage again after a kill
+resumes where the last checkpoint left off. With object storage, the token shards and the
+tokenizer are staged there too, and each worker fetches them: no node needs the driver's disk."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from stages.core import names
+from stages.core import names, storage as store
 from stages.core.contract import Dashboard, Figure, Stage, StageContext, StageResult
 from stages.core.errors import ConfigError, StageError
 from stages.core.paths import lmforge_home
@@ -28,27 +30,32 @@ def registry_name(pipeline: str) -> str:
     return names.registered_model(pipeline, "lm")
 
 
-def latest_checkpoint(run_dir: Path, world: int) -> Path | None:
-    """The newest complete checkpoint of an interrupted run: its marker readable and every rank's files there at
-    the sizes that rank listed (a checkpoint still being copied into storage, or cut by a kill, is skipped)."""
+def latest_checkpoint(run_dir: str | Path, world: int) -> str | None:
+    """The newest complete checkpoint of an interrupted run (a local folder or an s3:// location): its marker
+    readable and every rank's files there at the sizes that rank listed (a checkpoint still being copied into
+    storage, or cut by a kill, is skipped)."""
     best, best_step = None, -1
-    for folder in run_dir.glob("checkpoint_*"):
+    for folder in store.list_dirs(run_dir, "checkpoint_"):
         meta = _complete_checkpoint(folder)
         if meta is not None and meta["step"] > best_step and meta["world_size"] == world:
             best, best_step = folder, meta["step"]
     return best
 
 
-def _complete_checkpoint(folder: Path) -> dict[str, Any] | None:
+def _complete_checkpoint(folder: str) -> dict[str, Any] | None:
     try:
-        meta = json.loads((folder / CHECKPOINT_MARKER).read_text())
-        lists = [json.loads((folder / FILE_LIST.format(rank=r)).read_text()) for r in range(meta["world_size"])]
+        meta = json.loads(store.read_bytes(store.join(folder, CHECKPOINT_MARKER)))
+        lists = [json.loads(store.read_bytes(store.join(folder, FILE_LIST.format(rank=r))))
+                 for r in range(meta["world_size"])]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     for files in lists:
         for rel, size in files.items():
-            path = folder / rel
-            if not path.is_file() or path.stat().st_size != size:
+            path = store.join(folder, *rel.split("/"))
+            try:
+                if store.size(path) != size:
+                    return None
+            except (OSError, TypeError):
                 return None
     return meta
 
@@ -91,20 +98,31 @@ class PretrainStage(Stage[PretrainConfig]):
         check_batch(cfg, train.seq_len)
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
         dist = cfg.distributed
-        storage = lmforge_home() / "train"
         run_name = f"pretrain-{ctx.cache_key[:20] or 'adhoc'}"
-        resume = latest_checkpoint(storage / run_name, dist.num_workers)
+        tokens_at, tokenizer_at = str(tokens), str(ctx.inputs["tokenizer"].path)
+        if ctx.storage is None:
+            train_root: str = str(lmforge_home() / "train")
+            where = {"storage_path": train_root}
+        else:  # checkpoints on object storage; the inputs staged there for workers that share no disk
+            train_root = store.join(ctx.storage, "train")
+            filesystem, path = store.pyarrow_filesystem(train_root)
+            where = {"storage_path": path, "storage_filesystem": filesystem}
+            tokens_at = store.join(ctx.work_location(), "tokens")
+            tokenizer_at = store.join(ctx.work_location(), "tokenizer")
+            store.upload_folder(Path(tokens), tokens_at)
+            store.upload_folder(Path(ctx.inputs["tokenizer"].path), tokenizer_at)
+        resume = latest_checkpoint(store.join(train_root, run_name), dist.num_workers)
         if resume is not None:
             ctx.log.info("pretrain: resuming from %s", resume)
         tracker = ctx.tracker
-        job = {"config": cfg.model_dump(mode="json"), "tokens": str(tokens),
-               "tokenizer": str(ctx.inputs["tokenizer"].path), "seed": ctx.seed, "run_id": ctx.run_id,
+        job = {"config": cfg.model_dump(mode="json"), "tokens": tokens_at, "tokenizer": tokenizer_at,
+               "seed": ctx.seed, "run_id": ctx.run_id,
                "tracking_uri": tracker.tracking_uri if tracker is not None else None,
-               "resume_from": str(resume) if resume else None}
+               "resume_from": resume}
         trainer = TorchTrainer(
             train_worker, train_loop_config=job,
             scaling_config=scaling_config(dist),
-            run_config=RunConfig(name=run_name, storage_path=str(storage),
+            run_config=RunConfig(name=run_name, **where,
                                  failure_config=FailureConfig(max_failures=dist.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
         )
@@ -125,7 +143,9 @@ class PretrainStage(Stage[PretrainConfig]):
         unigram = json.loads(stats_path.read_text()).get("val_unigram_entropy_nats") if stats_path.exists() else None
         write_loss_curve(out / LOSS_PLOT, history, unigram)
         metrics, details = self._figures(cfg, history, unigram, train, val, marker, resume)
-        shutil.rmtree(storage / run_name, ignore_errors=True)  # finished: the model is the artifact now
+        store.remove_tree(store.join(train_root, run_name))  # finished: the model is the artifact now
+        if ctx.storage is not None:
+            store.remove_tree(ctx.work_location())
         ctx.log.info("pretrain: %d steps; final loss %.4f, validation loss %.4f (perplexity %.1f) vs unigram "
                      "entropy %s", cfg.max_steps, metrics.get("final_loss", float("nan")),
                      metrics.get("final_val_loss", float("nan")), metrics.get("final_perplexity", float("nan")),

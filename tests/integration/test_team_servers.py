@@ -1,7 +1,8 @@
 """infra/team: PostgreSQL from Debian's `postgresql`, SeaweedFS, an MLflow tracking server and a
 Prefect server on PostgreSQL, all on 127.0.0.1; lmforge pointed at them by the variables start.sh
-prints runs the tiny pipeline through tokenize unchanged: the runs land in PostgreSQL, the artifacts
-in SeaweedFS's bucket, and the stages' work files went through it too."""
+prints runs the tiny pipeline through pretrain unchanged: the runs land in PostgreSQL, the artifacts
+in SeaweedFS's bucket, and the stages' work files, pretrain's staged inputs and its Ray Train
+checkpoints went through it too."""
 
 from __future__ import annotations
 
@@ -52,10 +53,10 @@ def test_tiny_pipeline_on_postgres_backed_mlflow_and_prefect():
                                     f"{s3['AWS_ENDPOINT_URL']}/lmforge?list-type=2"], capture_output=True, text=True)
         assert anonymous.stdout.startswith("4"), anonymous.stdout
 
-        summary = last_json(run_cli(["run", "--config", str(TINY), "--until", "tokenize"],
+        summary = last_json(run_cli(["run", "--config", str(TINY), "--until", "pretrain"],
                                     env={**{k: env[k] for k in ("LMFORGE_HOME", "LMFORGE_DATA_DIR")}, **exports,
                                          **s3}).stdout)
-        assert list(summary["stages"]) == ["ingest", "dedup", "quality", "tokenize"]
+        assert list(summary["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain"]
         client = MlflowClient(exports["MLFLOW_TRACKING_URI"])
         tokenize = client.get_run(summary["stages"]["tokenize"])
         assert tokenize.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
@@ -68,8 +69,8 @@ def test_tiny_pipeline_on_postgres_backed_mlflow_and_prefect():
 
             stored = storage.list_tree("s3://lmforge/mlartifacts")
             assert any(f.endswith(f"{tokenize.info.run_id}/artifacts/manifest.json") for f in stored), stored[:20]
-            assert storage.list_tree("s3://lmforge/work") == []
-        for name in ("dedup", "quality"):
+            assert storage.list_tree("s3://lmforge/work") == [] and storage.list_tree("s3://lmforge/train") == []
+        for name in ("ingest", "dedup", "quality", "tokenize", "pretrain"):
             manifest = client.download_artifacts(summary["stages"][name], "manifest.json", str(home))
             assert json.loads(Path(manifest).read_text())["storage"] == "s3://lmforge"
 
