@@ -166,6 +166,11 @@ def _run_flow(cfg, until: Optional[str], flow_params: dict[str, Any]) -> dict[st
     from pipelines.dag import stages_to_run
 
     stages_to_run(until, cfg.pipeline.model_dump())  # fail fast on a bad --until, before starting servers
+    from stages.core.storage import check_storage, configured_storage
+
+    storage = configured_storage(cfg.engines.storage)
+    if storage is not None:  # a missing bucket or refused credentials: one line, exit 2, before anything starts
+        check_storage(storage)
     prefect = cfg.engines.prefect
     server = ensure_prefect(prefect.host, prefect.port, prefect.api_url, prefect.startup_timeout_s)
     os.environ.update(prefect_env())

@@ -14,7 +14,7 @@ import pytest
 
 from pipelines import object_store as seaweedfs
 from stages.core import partitioned, storage
-from tests.conftest import LMFORGE, REPO, last_json, real_documents, run_cli
+from tests.conftest import LMFORGE, REPO, TINY, last_json, real_documents, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +69,11 @@ def test_wrong_credentials_or_missing_bucket_fail_in_one_line_before_any_work(ho
         assert len(errors) == 1 and why in errors[0] and object_store.endpoint in errors[0], proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         assert not out.exists() and not list(tmp_path.glob(".out*"))
+    # the pipeline checks before it starts Prefect or any stage
+    proc = run_cli(["run", "--config", str(TINY), "--set", "engines.storage=s3://no-such-bucket/runs"],
+                   env=object_store.env(), check=False)
+    assert proc.returncode == 2 and "bucket 'no-such-bucket' does not exist" in proc.stderr, proc.stderr[-2000:]
+    assert not (home / "work").exists() and not (home / "prefect").exists()
 
 
 def test_storage_stopped_mid_stage_fails_cleanly_and_a_rerun_finishes(home, tmp_path, tmp_path_factory):

@@ -39,6 +39,7 @@ def test_apply_overrides_creates_nested_sections_without_touching_input():
         ("ingest.sources=[nope]", "unknown source(s) ['nope']; allowed: debian-handbook"),
         ("pipeline.retries=-1", "'pipeline.retries' (-1)"),
         ("engines.executor=k8s", "Input should be 'inline'"),
+        ("engines.storage=/mnt/shared", "'engines.storage' ('/mnt/shared'): String should match pattern '^s3://"),
         ("nonsense.x=1", "unknown key 'nonsense'; allowed: pipeline, engines, ingest"),
         ("deploy.server.port=70000", "'deploy.server.port' (70000)"),
         ("quantize.variants=[int3]", "'quantize.variants.0'"),

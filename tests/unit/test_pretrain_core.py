@@ -102,5 +102,5 @@ def test_latest_checkpoint_skips_incomplete_ones(tmp_path):
     cut = make("checkpoint_c", 12)
     (cut / "step0000012" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x" * 40)
     (make("checkpoint_d", 16) / "lmforge_checkpoint.json").write_text("")  # the marker mid-copy
-    assert latest_checkpoint(tmp_path, world=2) == good
+    assert latest_checkpoint(tmp_path, world=2) == str(good)
     assert latest_checkpoint(tmp_path, world=4) is None  # written by another world size
