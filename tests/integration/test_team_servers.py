@@ -6,11 +6,15 @@ checkpoints went through it too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +31,10 @@ def _postgres_bin() -> Path:
     return found[-1].parent
 
 
-def test_tiny_pipeline_on_postgres_backed_mlflow_and_prefect():
+@pytest.fixture(scope="module")
+def team():
+    """infra/team/start.sh on free ports in a fresh home; what it printed, and the single-node run's results
+    (kept by the first test for the cluster test to compare with)."""
     pg_bin = _postgres_bin()
     home = Path(tempfile.mkdtemp(prefix="lmforge-team-", dir="/tmp"))  # the postgres user must reach its data dir
     home.chmod(0o755)
@@ -44,48 +51,175 @@ def test_tiny_pipeline_on_postgres_backed_mlflow_and_prefect():
         exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines()
                        if line.startswith("export "))
         s3 = {k: exports.pop(k) for k in list(exports) if k.startswith("AWS_") or k == "LMFORGE_STORAGE"}
-        assert exports == {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['LMFORGE_MLFLOW_PORT']}",
-                           "PREFECT_API_URL": f"http://127.0.0.1:{ports['LMFORGE_PREFECT_PORT']}/api"}
-        assert s3["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{ports['LMFORGE_S3_PORT']}"
-        assert s3["LMFORGE_STORAGE"] == "s3://lmforge" and s3["AWS_SECRET_ACCESS_KEY"]
-        # the object store is not open: without the credentials nothing is listed
-        anonymous = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                                    f"{s3['AWS_ENDPOINT_URL']}/lmforge?list-type=2"], capture_output=True, text=True)
-        assert anonymous.stdout.startswith("4"), anonymous.stdout
-
-        summary = last_json(run_cli(["run", "--config", str(TINY), "--until", "pretrain"],
-                                    env={**{k: env[k] for k in ("LMFORGE_HOME", "LMFORGE_DATA_DIR")}, **exports,
-                                         **s3}).stdout)
-        assert list(summary["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain"]
-        client = MlflowClient(exports["MLFLOW_TRACKING_URI"])
-        tokenize = client.get_run(summary["stages"]["tokenize"])
-        assert tokenize.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
-        assert "manifest.json" in {a.path for a in client.list_artifacts(tokenize.info.run_id)}
-        # the artifacts are objects in SeaweedFS's bucket; the stages' work files were there and are gone
-        with pytest.MonkeyPatch.context() as mp:
-            for name, value in s3.items():
-                mp.setenv(name, value)
-            from stages.core import storage
-
-            stored = storage.list_tree("s3://lmforge/mlartifacts")
-            assert any(f.endswith(f"{tokenize.info.run_id}/artifacts/manifest.json") for f in stored), stored[:20]
-            assert storage.list_tree("s3://lmforge/work") == [] and storage.list_tree("s3://lmforge/train") == []
-        for name in ("ingest", "dedup", "quality", "tokenize", "pretrain"):
-            manifest = client.download_artifacts(summary["stages"][name], "manifest.json", str(home))
-            assert json.loads(Path(manifest).read_text())["storage"] == "s3://lmforge"
-
-        password = (home / "team" / "pg-password").read_text().strip()
-
-        def sql(db: str, query: str) -> str:
-            out = subprocess.run([str(pg_bin / "psql"), "-h", "127.0.0.1", "-p", str(ports["LMFORGE_PG_PORT"]),
-                                  "-U", "lmforge", "-d", db, "-tAc", query], capture_output=True, text=True,
-                                 env={**os.environ, "PGPASSWORD": password}, timeout=60)
-            assert out.returncode == 0, out.stderr
-            return out.stdout.strip()
-
-        assert sql("mlflow", f"select status from runs where run_uuid = '{summary['pipeline_run_id']}'") == "FINISHED"
-        assert sql("prefect", f"select state_type from flow_run where id = '{summary['prefect_flow_run_id']}'") \
-            == "COMPLETED"
+        yield {"home": home, "env": env, "ports": ports, "pg_bin": pg_bin, "exports": exports, "s3": s3, "runs": {}}
     finally:
         subprocess.run(["bash", "infra/team/stop.sh"], cwd=REPO, env=env, capture_output=True, timeout=180)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_tiny_pipeline_on_postgres_backed_mlflow_and_prefect(team):
+    home, env, ports, pg_bin, exports, s3 = (team[k] for k in ("home", "env", "ports", "pg_bin", "exports", "s3"))
+    assert exports == {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['LMFORGE_MLFLOW_PORT']}",
+                       "PREFECT_API_URL": f"http://127.0.0.1:{ports['LMFORGE_PREFECT_PORT']}/api"}
+    assert s3["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{ports['LMFORGE_S3_PORT']}"
+    assert s3["LMFORGE_STORAGE"] == "s3://lmforge" and s3["AWS_SECRET_ACCESS_KEY"]
+    # the object store is not open: without the credentials nothing is listed
+    anonymous = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                f"{s3['AWS_ENDPOINT_URL']}/lmforge?list-type=2"], capture_output=True, text=True)
+    assert anonymous.stdout.startswith("4"), anonymous.stdout
+
+    summary = last_json(run_cli(["run", "--config", str(TINY), "--until", "pretrain"],
+                                env={**{k: env[k] for k in ("LMFORGE_HOME", "LMFORGE_DATA_DIR")}, **exports,
+                                     **s3}).stdout)
+    assert list(summary["stages"]) == ["ingest", "dedup", "quality", "tokenize", "pretrain"]
+    team["runs"]["single"] = summary
+    client = MlflowClient(exports["MLFLOW_TRACKING_URI"])
+    tokenize = client.get_run(summary["stages"]["tokenize"])
+    assert tokenize.data.tags["mlflow.parentRunId"] == summary["pipeline_run_id"]
+    assert "manifest.json" in {a.path for a in client.list_artifacts(tokenize.info.run_id)}
+    # the artifacts are objects in SeaweedFS's bucket; the stages' work files were there and are gone
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in s3.items():
+            mp.setenv(name, value)
+        from stages.core import storage
+
+        stored = storage.list_tree("s3://lmforge/mlartifacts")
+        assert any(f.endswith(f"{tokenize.info.run_id}/artifacts/manifest.json") for f in stored), stored[:20]
+        assert storage.list_tree("s3://lmforge/work") == [] and storage.list_tree("s3://lmforge/train") == []
+    for name in ("ingest", "dedup", "quality", "tokenize", "pretrain"):
+        manifest = client.download_artifacts(summary["stages"][name], "manifest.json", str(home))
+        assert json.loads(Path(manifest).read_text())["storage"] == "s3://lmforge"
+
+    password = (home / "team" / "pg-password").read_text().strip()
+
+    def sql(db: str, query: str) -> str:
+        out = subprocess.run([str(pg_bin / "psql"), "-h", "127.0.0.1", "-p", str(ports["LMFORGE_PG_PORT"]),
+                              "-U", "lmforge", "-d", db, "-tAc", query], capture_output=True, text=True,
+                             env={**os.environ, "PGPASSWORD": password}, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert sql("mlflow", f"select status from runs where run_uuid = '{summary['pipeline_run_id']}'") == "FINISHED"
+    assert sql("prefect", f"select state_type from flow_run where id = '{summary['prefect_flow_run_id']}'") \
+        == "COMPLETED"
+
+
+RAY = str(Path(sys.executable).parent / "ray")
+PROBE = """
+import json, os, sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR")
+@ray.remote(num_cpus=1)
+def sees(path):
+    return ray.get_runtime_context().get_node_id(), os.path.exists(path)
+print(json.dumps(ray.get([sees.remote(sys.argv[2]) for _ in range(8)])))
+"""
+STATE = """
+import json, sys
+from ray.util.state import list_nodes, list_tasks
+nodes = list_nodes(address=sys.argv[1])
+tasks = list_tasks(address=sys.argv[1], limit=10_000, raise_on_missing_output=False)
+print(json.dumps({"head": [n.node_id for n in nodes if n.is_head_node], "nodes": [n.node_id for n in nodes],
+                  "tasks": [[t.name, t.state, t.node_id] for t in tasks]}))
+"""
+
+
+def _ray_ports() -> list[str]:
+    """Every port of a Ray node of our own, so that three nodes (and any other Ray) share one machine."""
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}", "--disable-usage-stats"]
+
+
+def _no_shared_disk_cluster(env: dict[str, str], logs: Path) -> tuple[str, str, list[subprocess.Popen]]:
+    """A Ray head with no CPUs (the driver's node) and two 1-CPU worker nodes, each in its own mount namespace
+    with a private, empty tmpfs over /tmp: they see the code and the installed corpus, not the driver's
+    LMFORGE_HOME (under /tmp) nor anything else it wrote there."""
+    port, dashboard = free_port(), free_port()
+    head_temp = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")
+    procs = [subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=0",
+                               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                               f"--ray-client-server-port={free_port()}", f"--temp-dir={head_temp}", *_ray_ports()],
+                              stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)]
+    time.sleep(5)
+    # root gets a private mount namespace directly; anyone else through a user namespace of their own
+    unshare = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    for i in range(2):
+        worker = " ".join([RAY, "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                           "--temp-dir=/tmp/ray", *_ray_ports()])
+        procs.append(subprocess.Popen([*unshare, "bash", "-c", f"mount -t tmpfs tmpfs /tmp && exec {worker}"],
+                                      stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True))
+    address = f"127.0.0.1:{port}"
+    procs[0].temp_dir = head_temp  # removed with the cluster
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        status = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True, env=env)
+        if status.stdout.count("node_") >= 3 and "2.0 CPU" in status.stdout:
+            return address, f"http://127.0.0.1:{dashboard}", procs
+        time.sleep(2)
+    raise AssertionError(f"the cluster did not come up: {status.stdout}{status.stderr}"
+                         f"{(logs / 'worker0.log').read_text()[-2000:]}")
+
+
+def test_tiny_pipeline_on_nodes_that_share_no_disk(team, tmp_path):
+    """The same pipeline through pretrain on a 3-node cluster whose worker nodes cannot see the driver's files,
+    with storage on SeaweedFS: every task and Ray Train worker runs on those nodes, and the result is the
+    single-node run's (same outputs of the data stages, validation loss within 2 %)."""
+    single = team["runs"].get("single")
+    assert single, "the single-node run (the test before this one) did not finish"
+    home, exports, s3 = team["home"], team["exports"], team["s3"]
+    env = {**team["env"], **exports, **s3, "RAY_AUTH_MODE": "token"}
+    subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, env=env, check=True)
+    address, dashboard, procs = _no_shared_disk_cluster(env, tmp_path)
+    try:
+        probe = subprocess.run([sys.executable, "-c", PROBE, address, str(home)], capture_output=True, text=True,
+                               env=env, timeout=300)
+        assert probe.returncode == 0, probe.stderr[-3000:]
+        seen = json.loads(probe.stdout.strip().splitlines()[-1])
+        assert not any(exists for _, exists in seen)  # the worker nodes do not see the driver's LMFORGE_HOME
+        workers = {node for node, _ in seen}
+
+        summary = last_json(run_cli(
+            ["run", "--config", str(TINY), "--until", "pretrain", "--set", "pipeline.name=tinycluster",
+             "--set", f"engines.ray.address={address}", "--set", "pretrain.distributed.num_workers=2",
+             "--set", "pretrain.distributed.cpus_per_worker=1",
+             "--set", "pretrain.distributed.placement_strategy=STRICT_SPREAD"], env=env).stdout)
+        assert summary["cache_hits"] == []
+
+        state = subprocess.run([sys.executable, "-c", STATE, dashboard], capture_output=True, text=True, env=env,
+                               timeout=300)
+        assert state.returncode == 0, state.stderr[-3000:]
+        cluster = json.loads(state.stdout.strip().splitlines()[-1])
+        head = set(cluster["head"])
+        assert len(cluster["nodes"]) == 3 and workers == set(cluster["nodes"]) - head
+        ran: dict[str, set] = {}
+        for name, task_state, node in cluster["tasks"]:
+            if task_state == "FINISHED" and node:
+                ran.setdefault(name, set()).add(node)
+        for name in ("extract_batch", "task_exact", "task_verify", "quality_shard", "TokenizerActor.run_shard",
+                     "RayTrainWorker.run_train_fn"):
+            assert ran.get(name) and not ran[name] & head, (name, ran.get(name))
+        assert ran["RayTrainWorker.run_train_fn"] == workers  # one Ray Train worker on each node
+
+        client = MlflowClient(exports["MLFLOW_TRACKING_URI"])
+
+        def manifest(run_id: str) -> dict:
+            return json.loads(Path(client.download_artifacts(run_id, "manifest.json", str(tmp_path))).read_text())
+
+        for name in ("ingest", "dedup", "quality", "tokenize"):
+            ours, theirs = manifest(summary["stages"][name]), manifest(single["stages"][name])
+            assert {k: v for k, v in ours["outputs"].items() if not k.endswith(".png")} == \
+                {k: v for k, v in theirs["outputs"].items() if not k.endswith(".png")}, name
+        ours, theirs = (manifest(run["stages"]["pretrain"])["metrics"]["final_val_loss"] for run in (summary, single))
+        assert abs(ours - theirs) <= 0.02 * theirs, (ours, theirs)
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(procs[0].temp_dir, ignore_errors=True)
