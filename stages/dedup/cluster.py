@@ -7,7 +7,6 @@ Only integer document indices of candidate pairs are held here, never texts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import numpy as np
 
@@ -84,17 +83,6 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0
     inter = len(np.intersect1d(a, b, assume_unique=True))
     return inter / (len(a) + len(b) - inter)
-
-
-def verify_pairs(pairs: np.ndarray, shingles_of: Callable[[int], np.ndarray], threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(pairs whose exact Jaccard >= threshold, their Jaccard values)."""
-    keep, values = [], []
-    for a, b in pairs:
-        value = jaccard(shingles_of(int(a)), shingles_of(int(b)))
-        if value >= threshold:
-            keep.append((a, b))
-            values.append(value)
-    return np.array(keep, dtype=np.int64).reshape(-1, 2), np.array(values, dtype=np.float64)
 
 
 def clusters(n: int, pairs: np.ndarray) -> np.ndarray:

@@ -156,7 +156,8 @@ def task_unit_totals(part: int, work: Work, cfg: DedupConfig) -> np.ndarray:
 def dedup_signatures(shard: str, index: int, work: Work, boilerplate: np.ndarray, cfg: DedupConfig) -> int:
     """One shard: strip boilerplate, MinHash, LSH band keys to the partition of (band, key). The
     stripped texts and the shard's per-document state stay in the shard's work files."""
-    texts = [d["text"] for d in iter_shard(shard)]
+    docs = [(d["id"], d["text"]) for d in iter_shard(shard)]
+    texts = [text for _, text in docs]
     active = _active(work, index, len(texts))
     signed = core.shard_strip_and_sign(texts, active, boilerplate, cfg)
     with storage.open_output(work.file(STRIPPED, index)) as handle:
@@ -164,7 +165,8 @@ def dedup_signatures(shard: str, index: int, work: Work, boilerplate: np.ndarray
             handle.write(json.dumps(text, ensure_ascii=False) + "\n")
     empty = np.array([s is not None and not s.strip() for s in signed.stripped], dtype=bool)
     state = io.BytesIO()
-    np.savez(state, active=active, empty=empty, chars=signed.boilerplate_chars, lengths=signed.lengths)
+    np.savez(state, active=active, empty=empty, chars=signed.boilerplate_chars, lengths=signed.lengths,
+             ids=_ids([doc_id for doc_id, _ in docs]))  # the components pass needs the ids, not the shard
     storage.write_bytes(work.file(STATE, index), state.getvalue())
     keys = signed.band_keys
     if keys.size:
@@ -260,7 +262,7 @@ def task_member_facts(shard: str, index: int, work: Work) -> None:
     rows = t["node"] - work.offsets[index]
     near_active = state["active"] & ~state["empty"]
     score = np.where(near_active[rows], state["lengths"][rows], -1)
-    ids = _ids([d["id"] for d in iter_shard(shard)])
+    ids = state["ids"]
     work.write(MEMBERS, f"m{index:05d}", t["root"] % work.partitions, work.partitions,
                {"root": t["root"], "node": t["node"], "score": score, "active": state["active"][rows].astype(np.int8),
                 "id": ids[rows]})

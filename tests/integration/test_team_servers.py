@@ -107,11 +107,14 @@ def test_tiny_pipeline_on_postgres_backed_mlflow_and_prefect(team):
 RAY = str(Path(sys.executable).parent / "ray")
 PROBE = """
 import json, os, sys, ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 ray.init(address=sys.argv[1], logging_level="ERROR")
 @ray.remote(num_cpus=1)
 def sees(path):
     return ray.get_runtime_context().get_node_id(), os.path.exists(path)
-print(json.dumps(ray.get([sees.remote(sys.argv[2]) for _ in range(8)])))
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
+print(json.dumps(ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                          .remote(sys.argv[2]) for node in nodes])))
 """
 STATE = """
 import json, sys
@@ -177,7 +180,7 @@ def test_tiny_pipeline_on_nodes_that_share_no_disk(team, tmp_path):
                                env=env, timeout=300)
         assert probe.returncode == 0, probe.stderr[-3000:]
         seen = json.loads(probe.stdout.strip().splitlines()[-1])
-        assert not any(exists for _, exists in seen)  # the worker nodes do not see the driver's LMFORGE_HOME
+        assert len(seen) == 2 and not any(exists for _, exists in seen)  # the workers do not see LMFORGE_HOME
         workers = {node for node, _ in seen}
 
         summary = last_json(run_cli(
