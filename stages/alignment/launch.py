@@ -46,7 +46,8 @@ def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Pa
            "run_id": ctx.run_id, "tracking_uri": tracker.tracking_uri if tracker is not None else None}
     storage = lmforge_home() / "train"
     name = f"{ctx.stage}-{ctx.cache_key[:20] or 'adhoc'}"
-    resume = latest_checkpoint(storage / name, dist.num_workers) if cfg.checkpoint_every else None
+    found = latest_checkpoint(storage / name, dist.num_workers) if cfg.checkpoint_every else None
+    resume = Path(found) if found else None
     if resume is not None:  # the same stage run (same cache key) killed before: go on from its newest state
         ctx.log.info("%s: resuming from %s", ctx.stage, resume)
         job["resume_from"] = str(resume)

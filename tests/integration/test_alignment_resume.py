@@ -82,7 +82,7 @@ def test_a_killed_lora_run_resumes_from_its_checkpoint_on_the_same_curve(inputs,
         while time.time() < deadline and proc.poll() is None:
             runs = list((home_b / "train").glob("sft-*"))
             found = latest_checkpoint(runs[0], 1) if runs else None
-            if found is not None and not json.loads((found / "lmforge_checkpoint.json").read_text())["final"]:
+            if found is not None and not json.loads((Path(found) / "lmforge_checkpoint.json").read_text())["final"]:
                 break  # a mid-run state, not the finished model
             found = None
             time.sleep(0.1)
