@@ -11,7 +11,6 @@ id an earlier record already used (Ray tasks, see ``unique_ids``).
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from collections import Counter
 from contextlib import ExitStack
@@ -140,13 +139,8 @@ def concatenate(parts: list[str] | list[Path], dest: Path, append: bool = False)
     what it holds); then remove the parts."""
     with open(dest, "ab" if append else "wb") as out:
         for part in parts:
-            if not storage.is_remote(part):
-                if Path(part).exists():
-                    with open(part, "rb") as handle:
-                        shutil.copyfileobj(handle, out, 1 << 20)
-                    Path(part).unlink()
-            elif storage.exists(part):
-                out.write(storage.read_bytes(part))
+            if storage.exists(part):
+                storage.copy_to(part, out)
                 storage.remove(part)
 
 
@@ -160,9 +154,5 @@ def assemble_outputs(out: Path, work: str | Path, count: int, fmt: str) -> None:
     (out / "kept").mkdir()
     for i in range(count):
         part = storage.join(work, f"kept-{i:05d}.parquet")
-        if storage.is_remote(part):
-            if storage.exists(part):
-                storage.download(part, out / "kept" / f"part-{i:05d}.parquet")
-                storage.remove(part)
-        elif Path(part).exists():
-            Path(part).rename(out / "kept" / f"part-{i:05d}.parquet")
+        if storage.exists(part):
+            storage.move_to_local(part, out / "kept" / f"part-{i:05d}.parquet")

@@ -53,8 +53,15 @@ def name_of(location: str | Path) -> str:
     return str(location).rstrip("/").rsplit("/", 1)[-1]
 
 
+CHUNK = 1 << 23  # bytes per read or write of a streamed object: large, since small reads of an S3 stream are slow
+
+
+def _endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def endpoint() -> str:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    return _endpoint_url() or "AWS S3"
 
 
 @functools.cache
@@ -68,7 +75,6 @@ def _s3_filesystem(endpoint_url: str | None, key: str | None, secret: str | None
     if endpoint_url:
         options["endpoint_override"] = endpoint_url
         options["scheme"] = "https" if endpoint_url.startswith("https") else "http"
-    # bounded retries, so that a stopped server fails the task instead of hanging it
     # bounded waits, so that a stopped or stuck server fails the stage instead of hanging it (the check before
     # any work waits less)
     options["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=1 if quick else 3)
@@ -79,8 +85,7 @@ def _s3_filesystem(endpoint_url: str | None, key: str | None, secret: str | None
 
 def _s3(location: str, quick: bool = False) -> tuple[object, str]:
     """(pyarrow S3 filesystem, bucket/key) for an ``s3://`` location."""
-    fs = _s3_filesystem(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
-                        os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
+    fs = _s3_filesystem(_endpoint_url(), os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
                         os.environ.get("AWS_REGION"), quick)
     return fs, location[len(S3):].rstrip("/")
 
@@ -97,18 +102,6 @@ def _named(location: str) -> Iterator[None]:
             raise
         detail = str(exc).split(" (Request ID")[0]
         raise StorageError(f"object storage at {endpoint()} failed on {location}: {detail}") from exc
-
-
-def _slice(location: str | Path, start: int, size: int) -> bytes:
-    """``size`` bytes of a file from ``start`` (S3: one ranged read)."""
-    location = str(location)
-    if not is_remote(location):
-        with open(location, "rb") as handle:
-            handle.seek(start)
-            return handle.read(size)
-    fs, path = _s3(location)
-    with _named(location), fs.open_input_file(path) as handle:
-        return handle.read_at(size, start)
 
 
 class RangeReader:
@@ -144,12 +137,22 @@ def read_bytes(location: str | Path) -> bytes:
     location = str(location)
     if not is_remote(location):
         return Path(location).read_bytes()
+    buffer = io.BytesIO()  # not readall(): it reads an S3 stream in small pieces
+    copy_to(location, buffer)
+    return buffer.getvalue()
+
+
+def copy_to(location: str | Path, handle: IO[bytes]) -> None:
+    """Stream a file's bytes into an open binary handle."""
+    location = str(location)
+    if not is_remote(location):
+        with open(location, "rb") as src:
+            shutil.copyfileobj(src, handle, CHUNK)
+        return
     fs, path = _s3(location)
-    chunks = []
-    with _named(location), fs.open_input_stream(path) as handle:
-        while chunk := handle.read(1 << 23):  # large reads: readall() reads in small pieces
-            chunks.append(chunk)
-    return b"".join(chunks)
+    with _named(location), fs.open_input_stream(path) as src:
+        while chunk := src.read(CHUNK):
+            handle.write(chunk)
 
 
 @contextlib.contextmanager
@@ -167,9 +170,7 @@ def open_text(location: str | Path) -> Iterator[IO[str]]:
 
 class _Lines:
     """Lines of an S3 object, read in large chunks (Python's buffered text layer over pyarrow's stream
-    reads it in small pieces: 70 s for a 38 MB shard against 2 s in chunks)."""
-
-    CHUNK = 1 << 23
+    reads it in small pieces: 73 s for a 38 MB shard against 0.39 s in chunks, bench/README.md)."""
 
     def __init__(self, raw, location: str):
         self.raw, self.location = raw, location
@@ -179,7 +180,7 @@ class _Lines:
         rest = ""
         while True:
             with _named(self.location):
-                chunk = self.raw.read(self.CHUNK)
+                chunk = self.raw.read(CHUNK)
             text = rest + decoder.decode(chunk, final=not chunk)
             lines = text.split("\n")
             rest = lines.pop()
@@ -259,20 +260,23 @@ def exists(location: str | Path) -> bool:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def list_dirs(directory: str | Path, prefix: str = "") -> list[str]:
-    """The folders directly in ``directory`` whose names start with ``prefix``, sorted."""
-    directory = str(directory)
+def _entries(directory: str) -> list[tuple[str, bool]]:
+    """(name, is a folder) of what is directly in ``directory``; none if it does not exist."""
     if not is_remote(directory):
         base = Path(directory)
-        names = [p.name for p in base.iterdir() if p.is_dir()] if base.is_dir() else []
-    else:
-        from pyarrow import fs as pafs
+        return [(p.name, p.is_dir()) for p in base.iterdir()] if base.is_dir() else []
+    from pyarrow import fs as pafs
 
-        fs, path = _s3(directory)
-        with _named(directory):
-            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        names = [info.base_name for info in infos if info.type == pafs.FileType.Directory]
-    return [join(directory, n) for n in sorted(names) if n.startswith(prefix)]
+    fs, path = _s3(directory)
+    with _named(directory):
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return [(info.base_name, info.type == pafs.FileType.Directory) for info in infos]
+
+
+def list_dirs(directory: str | Path, prefix: str = "") -> list[str]:
+    """The folders directly in ``directory`` whose names start with ``prefix``, sorted."""
+    names = sorted(name for name, is_dir in _entries(str(directory)) if is_dir and name.startswith(prefix))
+    return [join(directory, n) for n in names]
 
 
 def pyarrow_filesystem(location: str) -> tuple[object, str]:
@@ -306,21 +310,9 @@ def upload_folder(local: Path, location: str | Path) -> None:
 def list_files(directory: str | Path, suffix: str = "", prefix: str = "") -> list[str]:
     """The files directly in ``directory`` whose names start with ``prefix`` and end with ``suffix``,
     sorted by name (temporary files left out); none if it does not exist."""
-    directory = str(directory)
-    if not is_remote(directory):
-        base = Path(directory)
-        if not base.is_dir():
-            return []
-        names = [p.name for p in base.iterdir() if p.is_file()]
-    else:
-        from pyarrow import fs as pafs
-
-        fs, path = _s3(directory)
-        with _named(directory):
-            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        names = [info.base_name for info in infos if info.type == pafs.FileType.File]
-    return [join(directory, n) for n in sorted(names)
-            if n.startswith(prefix) and n.endswith(suffix) and not n.startswith(".")]
+    names = sorted(name for name, is_dir in _entries(str(directory))
+                   if not is_dir and name.startswith(prefix) and name.endswith(suffix) and not name.startswith("."))
+    return [join(directory, n) for n in names]
 
 
 def list_tree(directory: str | Path) -> list[str]:
@@ -363,14 +355,8 @@ def remove_tree(directory: str | Path) -> None:
 def download(location: str | Path, local: Path) -> Path:
     """A local copy of ``location`` at ``local`` (a local location is copied too, so callers may change it)."""
     local.parent.mkdir(parents=True, exist_ok=True)
-    location = str(location)
-    if not is_remote(location):
-        shutil.copyfile(location, local)
-        return local
-    fs, path = _s3(location)
-    with _named(location), fs.open_input_stream(path) as src, open(local, "wb") as dst:
-        while chunk := src.read(1 << 23):
-            dst.write(chunk)
+    with open(local, "wb") as dst:
+        copy_to(location, dst)
     return local
 
 
@@ -385,8 +371,7 @@ def move_to_local(location: str | Path, local: Path) -> None:
 
 def upload(local: Path, location: str | Path) -> None:
     with open(local, "rb") as src, open_output(location, text=False) as dst:
-        while chunk := src.read(1 << 22):
-            dst.write(chunk)
+        shutil.copyfileobj(src, dst, CHUNK)
 
 
 def configured_storage(setting: str | None = None) -> str | None:

@@ -24,7 +24,7 @@ def test_storage_layer_on_seaweedfs(object_store, s3_env, monkeypatch):
     # lines survive chunk boundaries, also inside a multi-byte character
     lines = [json.dumps({"id": i, "text": "é€" * (i % 7) + "x" * i}, ensure_ascii=False) + "\n" for i in range(300)]
     storage.write_text(storage.join(base, "a.jsonl"), "".join(lines))
-    monkeypatch.setattr(storage._Lines, "CHUNK", 7)
+    monkeypatch.setattr(storage, "CHUNK", 7)
     with storage.open_text(storage.join(base, "a.jsonl")) as handle:
         assert list(handle) == lines
     # ranged reads, listing, and a failed write that leaves nothing (not even its temporary object)
