@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -133,33 +134,38 @@ def _ray_ports() -> list[str]:
             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}", "--disable-usage-stats"]
 
 
-def _no_shared_disk_cluster(env: dict[str, str], logs: Path) -> tuple[str, str, list[subprocess.Popen]]:
+def _no_shared_disk_cluster(env: dict[str, str], logs: Path, procs: list[subprocess.Popen],
+                            head_temp: str) -> tuple[str, str]:
     """A Ray head with no CPUs (the driver's node) and two 1-CPU worker nodes, each in its own mount namespace
-    with a private, empty tmpfs over /tmp: they see the code and the installed corpus, not the driver's
-    LMFORGE_HOME (under /tmp) nor anything else it wrote there."""
+    with a private, empty tmpfs over /tmp: they see the code and the installed corpus (the checkout is bound
+    back in when it lives under /tmp, as a CI clone may), not the driver's LMFORGE_HOME (under /tmp) nor
+    anything else it wrote there. Started processes go into ``procs`` at once, so a failed start is cleaned
+    up too."""
     port, dashboard = free_port(), free_port()
-    head_temp = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")
-    procs = [subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=0",
+    procs.append(subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=0",
                                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                                f"--ray-client-server-port={free_port()}", f"--temp-dir={head_temp}", *_ray_ports()],
                               stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT, env=env,
-                              start_new_session=True)]
+                              start_new_session=True))
     time.sleep(5)
     # root gets a private mount namespace directly; anyone else through a user namespace of their own
     unshare = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    hide = "mount -t tmpfs tmpfs /tmp"
+    if REPO.resolve().is_relative_to("/tmp"):  # keep the checkout (code, .venv, corpus): bind its old inode back
+        repo = shlex.quote(str(REPO.resolve()))
+        hide = f"cd {repo} && {hide} && mkdir -p {repo} && mount --no-canonicalize --bind . {repo}"
     for i in range(2):
         worker = " ".join([RAY, "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=1",
                            "--temp-dir=/tmp/ray", *_ray_ports()])
-        procs.append(subprocess.Popen([*unshare, "bash", "-c", f"mount -t tmpfs tmpfs /tmp && exec {worker}"],
+        procs.append(subprocess.Popen([*unshare, "bash", "-c", f"{hide} && exec {worker}"],
                                       stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, env=env,
                                       start_new_session=True))
     address = f"127.0.0.1:{port}"
-    procs[0].temp_dir = head_temp  # removed with the cluster
     deadline = time.time() + 120
     while time.time() < deadline:
         status = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True, env=env)
         if status.stdout.count("node_") >= 3 and "2.0 CPU" in status.stdout:
-            return address, f"http://127.0.0.1:{dashboard}", procs
+            return address, f"http://127.0.0.1:{dashboard}"
         time.sleep(2)
     raise AssertionError(f"the cluster did not come up: {status.stdout}{status.stderr}"
                          f"{(logs / 'worker0.log').read_text()[-2000:]}")
@@ -174,8 +180,10 @@ def test_tiny_pipeline_on_nodes_that_share_no_disk(team, tmp_path):
     home, exports, s3 = team["home"], team["exports"], team["s3"]
     env = {**team["env"], **exports, **s3, "RAY_AUTH_MODE": "token"}
     subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, env=env, check=True)
-    address, dashboard, procs = _no_shared_disk_cluster(env, tmp_path)
+    procs: list[subprocess.Popen] = []
+    head_temp = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # Unix socket paths must stay short
     try:
+        address, dashboard = _no_shared_disk_cluster(env, tmp_path, procs, head_temp)
         probe = subprocess.run([sys.executable, "-c", PROBE, address, str(home)], capture_output=True, text=True,
                                env=env, timeout=300)
         assert probe.returncode == 0, probe.stderr[-3000:]
@@ -225,4 +233,4 @@ def test_tiny_pipeline_on_nodes_that_share_no_disk(team, tmp_path):
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(procs[0].temp_dir, ignore_errors=True)
+        shutil.rmtree(head_temp, ignore_errors=True)
