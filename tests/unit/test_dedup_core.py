@@ -84,6 +84,16 @@ def test_lsh_params_and_band_keys():
     assert keys.shape == (3, bands) and np.array_equal(keys[0], keys[1]) and not np.any(keys[0] == keys[2])
 
 
+def test_verified_candidates_let_lsh_trade_false_positives_for_recall():
+    def found(similarity, bands, rows):  # the LSH formula: a pair shares at least one band
+        return 1 - (1 - similarity ** rows) ** bands
+
+    plain, verified = lsh_params(0.6, 128), lsh_params(0.6, 128, verified=True)
+    assert plain == (18, 7) and verified[0] * verified[1] <= 128
+    assert found(0.7, *verified) > 0.98 > 0.9 > found(0.7, *plain)
+    assert DedupConfig().lsh() == verified and DedupConfig(verify=False).lsh() == plain
+
+
 def test_candidate_pairs_from_buckets():
     keys = np.array([[1, 9], [1, 8], [2, 8], [3, 7]], dtype=np.uint64)
     pairs = candidate_pairs(keys, np.array([10, 11, 12, 13]))
