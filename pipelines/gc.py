@@ -5,7 +5,8 @@ Needed (never touched): stage runs that hold an aliased registered model version
 and each registered model's newest version; the stage runs of the ``keep`` (at least 1)
 most recent pipeline runs; and anything a running pipeline uses. The rest of the stage
 runs lose their artifacts and are deleted in MLflow (so the cache never offers a run whose files are gone); stage work
-dirs of pipelines that are not running, Ray Train checkpoints of no needed run, and the
+dirs of pipelines that are not running (on local disk and on object storage), Ray Train checkpoints of no needed
+run (in both places), and the
 object-spill folders of Ray sessions that are no longer alive go too, and so do the temp
 dirs that killed stages left beside their outputs (found through their owner records).
 """
@@ -32,6 +33,7 @@ class Item:
     bytes: int
     run_id: str | None = None
     label: str = ""
+    location: str | None = None  # on object storage (engines.storage / LMFORGE_STORAGE), not a local path
 
 
 @dataclass
@@ -97,8 +99,11 @@ def plan(client, keep: int) -> Plan:
     if keep < 1:
         raise ConfigError(f"--keep must be at least 1 (the newest pipeline run is always kept), got {keep}")
     result = Plan()
+    live_runs: set[str] = set()
+    needed_keys: set[str] = set()
     if runs.experiment_ids(client):
-        _plan_runs(client, keep, result)
+        live_runs, needed_keys = _plan_runs(client, keep, result)
+    _plan_object_storage(live_runs, needed_keys, result)
     for spill in _dead_ray_spills():
         result.delete.append(Item("ray-spill", spill, size_of(spill), label=str(spill.parent.name)))
     planned = [item.path for item in result.delete if item.path is not None]
@@ -108,9 +113,10 @@ def plan(client, keep: int) -> Plan:
     return result
 
 
-def _plan_runs(client, keep: int, result: Plan) -> None:
+def _plan_runs(client, keep: int, result: Plan) -> tuple[set[str], set[str]]:
     """Stage runs, work dirs and checkpoints that neither a protected model version nor the ``keep`` newest
-    (or a running) pipeline run needs."""
+    (or a running) pipeline run needs. Returns the stage runs of running pipelines, and the cache keys (20
+    characters) whose checkpoints stay."""
     ids = runs.experiment_ids(client)
     pipelines = runs.recent_pipeline_runs(client, limit=5000)
     running = [p for p in pipelines if runs.pipeline_state(p) == "RUNNING"]
@@ -129,6 +135,7 @@ def _plan_runs(client, keep: int, result: Plan) -> None:
         result.delete.append(Item("stage-run", path, size_of(path) if path else 0, r.info.run_id,
                                   f"{r.data.tags.get(names.TAG_STAGE)} {r.info.run_id}"))
     live = {p.info.run_id for p in running}
+    live_stage_runs = set().union(*(_stage_runs_of(client, p) for p in running)) if running else set()
     if work_root().exists():
         for folder in sorted(work_root().iterdir()):
             if folder.name not in live:
@@ -139,6 +146,30 @@ def _plan_runs(client, keep: int, result: Plan) -> None:
             key = folder.name.rsplit("-", 1)[-1]
             if folder.is_dir() and key not in needed_keys:
                 result.delete.append(Item("checkpoint", folder, size_of(folder), label=folder.name))
+    return live_stage_runs, needed_keys
+
+
+def _plan_object_storage(live_stage_runs: set[str], needed_keys: set[str], result: Plan) -> None:
+    """On object storage: work folders that killed stages left (their pipeline is not running, or their
+    ``lmforge stage`` process on this host is gone; see ``work_name``), and checkpoints of no needed run."""
+    import psutil
+
+    from stages.core import storage
+    from stages.core.contract import work_owner
+
+    root = storage.configured_storage()
+    if root is None:
+        return
+    for stage_dir in storage.list_dirs(storage.join(root, "work")):
+        for folder in storage.list_dirs(stage_dir):
+            owner = work_owner(storage.name_of(folder))
+            if owner is None or (owner[0] == "run" and owner[1] in live_stage_runs) or \
+                    (owner[0] == "process" and psutil.pid_exists(int(owner[1]))):
+                continue
+            result.delete.append(Item("work-dir", None, storage.tree_bytes(folder), label=folder, location=folder))
+    for folder in storage.list_dirs(storage.join(root, "train")):
+        if storage.name_of(folder).rsplit("-", 1)[-1] not in needed_keys:
+            result.delete.append(Item("checkpoint", None, storage.tree_bytes(folder), label=folder, location=folder))
 
 
 def _dead_ray_spills() -> list[Path]:
@@ -160,8 +191,12 @@ def _dead_ray_spills() -> list[Path]:
 
 
 def apply(client, result: Plan) -> None:
+    from stages.core import storage
+
     for item in result.delete:
-        if item.kind == "partial-output" and item.path is not None:
+        if item.location is not None:
+            storage.remove_tree(item.location)
+        elif item.kind == "partial-output" and item.path is not None:
             remove_temp(item.path)
         elif item.path is not None:
             shutil.rmtree(item.path, ignore_errors=True) if item.path.is_dir() else item.path.unlink(missing_ok=True)

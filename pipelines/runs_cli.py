@@ -239,7 +239,7 @@ def gc(
                            "would_free_bytes": result.bytes,
                            "removed": {k: {"items": c, "bytes": b} for k, (c, b) in by_kind.items()},
                            "removed_runs": [i.run_id for i in result.delete if i.run_id],
-                           "items": [{"kind": i.kind, "path": str(i.path) if i.path else None, "run_id": i.run_id,
+                           "items": [{"kind": i.kind, "path": i.location or (str(i.path) if i.path else None), "run_id": i.run_id,
                                       "bytes": i.bytes} for i in result.delete]}))
 
 

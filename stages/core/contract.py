@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +101,26 @@ class StageInput:
     run_id: str | None = None
 
 
+def work_name(run_id: str | None) -> str:
+    """The name of a stage's work folder on object storage, saying whose it is so that ``lmforge gc`` can tell a
+    running stage's from a killed one's: ``<MLflow run id>-<token>`` for a tracked run (its pipeline's state
+    decides), ``adhoc-<host>-<pid>-<token>`` for an untracked ``lmforge stage`` (its process decides)."""
+    token = uuid.uuid4().hex[:8]
+    if run_id:
+        return f"{run_id}-{token}"
+    return f"adhoc-{socket.gethostname()}-{os.getpid()}-{token}"
+
+
+def work_owner(name: str) -> tuple[str, str | int] | None:
+    """``("run", run id)`` or ``("process", pid)`` of a name ``work_name`` made (for a process, only when it ran
+    on this host: another host's process cannot be looked up from here), else None."""
+    if name.startswith("adhoc-"):
+        host, pid, _ = name[len("adhoc-"):].rsplit("-", 2)
+        return ("process", int(pid)) if host == socket.gethostname() and pid.isdigit() else None
+    run_id, _, token = name.rpartition("-")
+    return ("run", run_id) if run_id and token else None
+
+
 @dataclass
 class StageContext(Generic[ConfigT]):
     stage: str
@@ -120,15 +142,14 @@ class StageContext(Generic[ConfigT]):
     def work_location(self) -> str:
         """This run's folder for work files, which every Ray task can reach: under the output folder on
         local disk, or a fresh one under ``storage`` when nodes share no disk (the runner removes it
-        if the stage fails)."""
+        if the stage fails; ``lmforge gc`` removes what a killed one left, see ``work_name``)."""
         if self.work is None:
             if self.storage is None:
                 self.work = str(self.output_dir / "_work")
             else:
                 from stages.core.storage import join
 
-                self.work = join(self.storage, "work", self.stage,
-                                 f"{self.cache_key[:16] or 'adhoc'}-{uuid.uuid4().hex[:8]}")
+                self.work = join(self.storage, "work", self.stage, work_name(self.run_id))
         return self.work
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:

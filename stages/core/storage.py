@@ -329,6 +329,20 @@ def list_tree(directory: str | Path) -> list[str]:
     return sorted(S3 + info.path for info in infos if info.type == pafs.FileType.File)
 
 
+def tree_bytes(directory: str | Path) -> int:
+    """The bytes of every file under ``directory``, at any depth (0 if it does not exist)."""
+    directory = str(directory)
+    if not is_remote(directory):
+        base = Path(directory)
+        return sum(p.stat().st_size for p in base.rglob("*") if p.is_file()) if base.is_dir() else 0
+    from pyarrow import fs as pafs
+
+    fs, path = _s3(directory)
+    with _named(directory):
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    return sum(info.size or 0 for info in infos if info.type == pafs.FileType.File)
+
+
 def remove(location: str | Path) -> None:
     """Remove a file if it is there."""
     location = str(location)

@@ -1,6 +1,7 @@
 """Work files on a real S3 server (SeaweedFS on 127.0.0.1): the storage layer's reads and atomic writes,
 a bad storage setting refused in one line before any work, and the server stopped under a running stage
-(a clear error naming the endpoint, no half-written output, and a rerun that finishes once it is back)."""
+(a clear error naming the endpoint, no half-written output, a rerun that finishes once it is back, and
+`lmforge gc` sweeping the work files the failed run left there)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from pipelines import object_store as seaweedfs
 from stages.core import partitioned, storage
+from stages.core.contract import work_name
 from tests.conftest import LMFORGE, REPO, TINY, last_json, real_documents, run_cli
 
 pytestmark = pytest.mark.integration
@@ -106,5 +108,20 @@ def test_storage_stopped_mid_stage_fails_cleanly_and_a_rerun_finishes(home, tmp_
         lines = len(open(docs).read().splitlines())
         assert counts["in"] == lines and counts["kept"] + counts["removed"] + counts["quarantined"] == lines
         assert (out / "kept.jsonl").exists() and (out / "manifest.json").exists()
+
+        # the failed run's work files stayed (the store was down when it failed): `lmforge gc` removes them, and
+        # leaves the work folder of a stage whose process still runs on this host (this one's)
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in env.items():
+                mp.setenv(name, value)
+            # (SeaweedFS drops an emptied folder's name a little later: the finished run's may still be listed)
+            litter = [d for d in storage.list_dirs(store.uri("run/work/dedup")) if storage.list_tree(d)]
+            assert len(litter) == 1, litter
+            running = storage.join(store.uri("run/work/dedup"), work_name(None))
+            storage.write_text(storage.join(running, "shard-00000.jsonl"), "{}\n")
+            done = last_json(run_cli(["gc"], env={**env, "LMFORGE_STORAGE": store.uri("run")}).stdout)
+            swept = {i["path"]: i for i in done["items"] if str(i["path"]).startswith("s3://")}
+            assert swept[litter[0]]["kind"] == "work-dir" and swept[litter[0]]["bytes"] > 0 and running not in swept
+            assert storage.list_tree(store.uri("run/work")) == [storage.join(running, "shard-00000.jsonl")]
     finally:
         store.stop()

@@ -15,9 +15,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -123,7 +125,7 @@ from ray.util.state import list_nodes, list_tasks
 nodes = list_nodes(address=sys.argv[1])
 tasks = list_tasks(address=sys.argv[1], limit=10_000, raise_on_missing_output=False)
 print(json.dumps({"head": [n.node_id for n in nodes if n.is_head_node], "nodes": [n.node_id for n in nodes],
-                  "tasks": [[t.name, t.state, t.node_id] for t in tasks]}))
+                  "tasks": [[t.name, t.state, t.node_id, t.attempt_number] for t in tasks]}))
 """
 
 
@@ -171,59 +173,24 @@ def _no_shared_disk_cluster(env: dict[str, str], logs: Path, procs: list[subproc
                          f"{(logs / 'worker0.log').read_text()[-2000:]}")
 
 
-def test_tiny_pipeline_on_nodes_that_share_no_disk(team, tmp_path):
-    """The same pipeline through pretrain on a 3-node cluster whose worker nodes cannot see the driver's files,
-    with storage on SeaweedFS: every task and Ray Train worker runs on those nodes, and the result is the
-    single-node run's (same outputs of the data stages, validation loss within 2 %)."""
-    single = team["runs"].get("single")
-    assert single, "the single-node run (the test before this one) did not finish"
-    home, exports, s3 = team["home"], team["exports"], team["s3"]
-    env = {**team["env"], **exports, **s3, "RAY_AUTH_MODE": "token"}
+@pytest.fixture(scope="module")
+def cluster(team, tmp_path_factory):
+    """The 3-node cluster of ``_no_shared_disk_cluster`` for the tests below (the second kills one of its
+    workers), with storage on the team's SeaweedFS: its address, dashboard, environment, worker node ids and the
+    process that started each worker node."""
+    env = {**team["env"], **team["exports"], **team["s3"], "RAY_AUTH_MODE": "token"}
     subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, env=env, check=True)
     procs: list[subprocess.Popen] = []
     head_temp = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # Unix socket paths must stay short
     try:
-        address, dashboard = _no_shared_disk_cluster(env, tmp_path, procs, head_temp)
-        probe = subprocess.run([sys.executable, "-c", PROBE, address, str(home)], capture_output=True, text=True,
-                               env=env, timeout=300)
+        address, dashboard = _no_shared_disk_cluster(env, tmp_path_factory.mktemp("ray-logs"), procs, head_temp)
+        probe = subprocess.run([sys.executable, "-c", PROBE, address, str(team["home"])], capture_output=True,
+                               text=True, env=env, timeout=300)
         assert probe.returncode == 0, probe.stderr[-3000:]
         seen = json.loads(probe.stdout.strip().splitlines()[-1])
         assert len(seen) == 2 and not any(exists for _, exists in seen)  # the workers do not see LMFORGE_HOME
-        workers = {node for node, _ in seen}
-
-        summary = last_json(run_cli(
-            ["run", "--config", str(TINY), "--until", "pretrain", "--set", "pipeline.name=tinycluster",
-             "--set", f"engines.ray.address={address}", "--set", "pretrain.distributed.num_workers=2",
-             "--set", "pretrain.distributed.cpus_per_worker=1",
-             "--set", "pretrain.distributed.placement_strategy=STRICT_SPREAD"], env=env).stdout)
-        assert summary["cache_hits"] == []
-
-        state = subprocess.run([sys.executable, "-c", STATE, dashboard], capture_output=True, text=True, env=env,
-                               timeout=300)
-        assert state.returncode == 0, state.stderr[-3000:]
-        cluster = json.loads(state.stdout.strip().splitlines()[-1])
-        head = set(cluster["head"])
-        assert len(cluster["nodes"]) == 3 and workers == set(cluster["nodes"]) - head
-        ran: dict[str, set] = {}
-        for name, task_state, node in cluster["tasks"]:
-            if task_state == "FINISHED" and node:
-                ran.setdefault(name, set()).add(node)
-        for name in ("extract_batch", "task_exact", "task_verify", "quality_shard", "TokenizerActor.run_shard",
-                     "RayTrainWorker.run_train_fn"):
-            assert ran.get(name) and not ran[name] & head, (name, ran.get(name))
-        assert ran["RayTrainWorker.run_train_fn"] == workers  # one Ray Train worker on each node
-
-        client = MlflowClient(exports["MLFLOW_TRACKING_URI"])
-
-        def manifest(run_id: str) -> dict:
-            return json.loads(Path(client.download_artifacts(run_id, "manifest.json", str(tmp_path))).read_text())
-
-        for name in ("ingest", "dedup", "quality", "tokenize"):
-            ours, theirs = manifest(summary["stages"][name]), manifest(single["stages"][name])
-            assert {k: v for k, v in ours["outputs"].items() if not k.endswith(".png")} == \
-                {k: v for k, v in theirs["outputs"].items() if not k.endswith(".png")}, name
-        ours, theirs = (manifest(run["stages"]["pretrain"])["metrics"]["final_val_loss"] for run in (summary, single))
-        assert abs(ours - theirs) <= 0.02 * theirs, (ours, theirs)
+        yield {"address": address, "dashboard": dashboard, "env": env, "workers": {node for node, _ in seen},
+               "worker_procs": procs[1:], "runs": {}}
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -234,3 +201,107 @@ def test_tiny_pipeline_on_nodes_that_share_no_disk(team, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(head_temp, ignore_errors=True)
+
+
+def _cluster_state(cluster: dict) -> dict:
+    state = subprocess.run([sys.executable, "-c", STATE, cluster["dashboard"]], capture_output=True, text=True,
+                           env=cluster["env"], timeout=300)
+    assert state.returncode == 0, state.stderr[-3000:]
+    return json.loads(state.stdout.strip().splitlines()[-1])
+
+
+def test_tiny_pipeline_on_nodes_that_share_no_disk(team, cluster, tmp_path):
+    """The same pipeline through pretrain on a 3-node cluster whose worker nodes cannot see the driver's files,
+    with storage on SeaweedFS: every task and Ray Train worker runs on those nodes, and the result is the
+    single-node run's (same outputs of the data stages, validation loss within 2 %)."""
+    single = team["runs"].get("single")
+    assert single, "the single-node run (the test before this one) did not finish"
+    exports, env, address, workers = team["exports"], cluster["env"], cluster["address"], cluster["workers"]
+    summary = last_json(run_cli(
+        ["run", "--config", str(TINY), "--until", "pretrain", "--set", "pipeline.name=tinycluster",
+         "--set", f"engines.ray.address={address}", "--set", "pretrain.distributed.num_workers=2",
+         "--set", "pretrain.distributed.cpus_per_worker=1",
+         "--set", "pretrain.distributed.placement_strategy=STRICT_SPREAD"], env=env).stdout)
+    assert summary["cache_hits"] == []
+
+    cluster["runs"]["pipeline"] = summary
+    state = _cluster_state(cluster)
+    head = set(state["head"])
+    assert len(state["nodes"]) == 3 and workers == set(state["nodes"]) - head
+    ran: dict[str, set] = {}
+    for name, task_state, node, _ in state["tasks"]:
+        if task_state == "FINISHED" and node:
+            ran.setdefault(name, set()).add(node)
+    for name in ("extract_batch", "task_exact", "task_verify", "quality_shard", "TokenizerActor.run_shard",
+                 "RayTrainWorker.run_train_fn"):
+        assert ran.get(name) and not ran[name] & head, (name, ran.get(name))
+    assert ran["RayTrainWorker.run_train_fn"] == workers  # one Ray Train worker on each node
+
+    client = MlflowClient(exports["MLFLOW_TRACKING_URI"])
+
+    def manifest(run_id: str) -> dict:
+        return json.loads(Path(client.download_artifacts(run_id, "manifest.json", str(tmp_path))).read_text())
+
+    for name in ("ingest", "dedup", "quality", "tokenize"):
+        ours, theirs = manifest(summary["stages"][name]), manifest(single["stages"][name])
+        assert {k: v for k, v in ours["outputs"].items() if not k.endswith(".png")} == \
+            {k: v for k, v in theirs["outputs"].items() if not k.endswith(".png")}, name
+    ours, theirs = (manifest(run["stages"]["pretrain"])["metrics"]["final_val_loss"] for run in (summary, single))
+    assert abs(ours - theirs) <= 0.02 * theirs, (ours, theirs)
+
+
+def _kill_the_node_running(names: tuple[str, ...], node_procs: list[subprocess.Popen], stop: threading.Event,
+                           killed: list[str]) -> None:
+    """SIGKILL the whole worker node (its raylet, agents and workers) that first runs one of ``names``."""
+    titles = {f"ray::{name}".encode() for name in names}
+    starters = {proc.pid: proc for proc in node_procs}
+    while not stop.is_set() and not killed:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                title = Path(entry.path, "cmdline").read_bytes().split(b"\0")[0].strip()
+                if title not in titles:
+                    continue
+                task = psutil.Process(int(entry.name))
+                node = next(p for p in task.parents() if p.pid in starters)
+            except (OSError, psutil.Error, StopIteration):
+                continue
+            for proc in [*node.children(recursive=True), node]:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            killed.append(title.decode())
+            return
+        time.sleep(0.002)
+
+
+def test_a_worker_node_killed_in_the_bucket_or_components_pass_changes_nothing(team, cluster, tmp_path):
+    """dedup on the same cluster, on the ingest output of the run above, while one of the two worker nodes is
+    killed whole as it runs a task of the bucket pass (or of the components pass): Ray retries the lost tasks on
+    the other node and the outputs are the pipeline's dedup outputs, byte for byte."""
+    pipeline = cluster["runs"].get("pipeline")
+    assert pipeline, "the pipeline run on this cluster (the test before this one) did not finish"
+    client = MlflowClient(team["exports"]["MLFLOW_TRACKING_URI"])
+    kept = client.download_artifacts(pipeline["stages"]["ingest"], "kept", str(tmp_path))
+    expected = json.loads(Path(client.download_artifacts(pipeline["stages"]["dedup"], "manifest.json",
+                                                         str(tmp_path))).read_text())
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_the_node_running, daemon=True,
+                               args=(("task_bucket_pairs", "task_labels"), cluster["worker_procs"], stop, killed))
+    watcher.start()
+    try:
+        out = tmp_path / "dedup"
+        run_cli(["stage", "dedup", "--config", str(TINY), "--input", kept, "--output", str(out),
+                 "--ray-address", cluster["address"], "--storage", team["s3"]["LMFORGE_STORAGE"]],
+                env=cluster["env"])
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "no bucket or components task was caught running"
+    ours = json.loads((out / "manifest.json").read_text())
+    assert {k: v for k, v in ours["outputs"].items() if not k.endswith(".png")} == \
+        {k: v for k, v in expected["outputs"].items() if not k.endswith(".png")}
+    attempts = [(name, task_state, attempt) for name, task_state, _, attempt in _cluster_state(cluster)["tasks"]
+                if f"ray::{name}" == killed[0]]
+    assert any(task_state == "FAILED" for _, task_state, _ in attempts), attempts
+    assert any(attempt >= 1 and task_state == "FINISHED" for _, task_state, attempt in attempts), attempts
