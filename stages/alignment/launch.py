@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from stages.core import names
+from stages.core import names, storage as store
 from stages.alignment.lora import ADAPTER_DIR, check_targets
 from stages.alignment.trainer import MARKER, MODEL_DIR, TRAIN_LOG, train_worker
 from stages.core.contract import StageContext
@@ -17,6 +17,7 @@ from stages.core.paths import lmforge_home
 from stages.core.ray_runtime import ensure_ray
 from stages.core.tracking import register_artifact
 from stages.pretrain.distributed import scaling_config, train_env
+from stages.pretrain.loop import checkpoint_at
 from stages.pretrain.stage import latest_checkpoint
 
 
@@ -41,37 +42,46 @@ def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Pa
     ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
     dist = cfg.distributed
     tracker = ctx.tracker
+    # the model and the rows as the workers reach them: on object storage when nodes share no disk
     job = {"stage": ctx.stage, "config_model": type(cfg), "config": cfg.model_dump(mode="json"),
-           "model_dir": str(model_dir), "train": str(train_rows), "heldout": str(heldout_rows), "seed": ctx.seed,
+           "model_dir": ctx.for_workers(model_dir, "model"), "train": ctx.for_workers(train_rows, "train.jsonl"),
+           "heldout": ctx.for_workers(heldout_rows, "heldout.jsonl"), "seed": ctx.seed,
            "run_id": ctx.run_id, "tracking_uri": tracker.tracking_uri if tracker is not None else None}
-    storage = lmforge_home() / "train"
     name = f"{ctx.stage}-{ctx.cache_key[:20] or 'adhoc'}"
-    found = latest_checkpoint(storage / name, dist.num_workers) if cfg.checkpoint_every else None
-    resume = Path(found) if found else None
+    if ctx.storage is None:
+        train_root = str(lmforge_home() / "train")
+        where: dict[str, Any] = {"storage_path": train_root}
+    else:  # checkpoints on object storage, as pretrain's
+        train_root = store.join(ctx.storage, "train")
+        filesystem, path = store.pyarrow_filesystem(train_root)
+        where = {"storage_path": path, "storage_filesystem": filesystem}
+    run_dir = store.join(train_root, name)
+    resume = latest_checkpoint(run_dir, dist.num_workers) if cfg.checkpoint_every else None
     if resume is not None:  # the same stage run (same cache key) killed before: go on from its newest state
         ctx.log.info("%s: resuming from %s", ctx.stage, resume)
-        job["resume_from"] = str(resume)
+        job["resume_from"] = resume
     else:
-        shutil.rmtree(storage / name, ignore_errors=True)  # nothing to resume: a clean start
+        store.remove_tree(run_dir)  # nothing to resume: a clean start
     out = ctx.output_dir
-    if resume is not None and json.loads((resume / MARKER).read_text()).get("final"):
-        _copy_model(resume, out)  # training had finished when the run was stopped: its model is whole
+    if resume is not None and json.loads(store.read_bytes(store.join(resume, MARKER))).get("final"):
+        with checkpoint_at(resume).as_directory() as folder:
+            _copy_model(Path(folder), out)  # training had finished when the run was stopped: its model is whole
     else:
         trainer = TorchTrainer(
             train_worker, train_loop_config=job,
             scaling_config=scaling_config(dist),
-            run_config=RunConfig(name=name, storage_path=str(storage),
+            run_config=RunConfig(name=name, **where,
                                  failure_config=FailureConfig(max_failures=dist.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)),
         )
         result = trainer.fit()
         if result.error:
             raise StageError(f"{ctx.stage}: training failed: {result.error}")
-        with result.checkpoint.as_directory() as folder:
+        with result.checkpoint.as_directory() as folder:  # local path, or downloaded from object storage
             if not json.loads((Path(folder) / MARKER).read_text()).get("final"):
                 raise StageError(f"{ctx.stage}: the last checkpoint is not the final model")
             _copy_model(Path(folder), out)
-    shutil.rmtree(storage / name, ignore_errors=True)
+    store.remove_tree(run_dir)
     return [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
 
 

@@ -55,7 +55,8 @@ def train_worker(job: dict[str, Any]) -> None:
     from stages.alignment.data import read_rows
     from stages.alignment.recipes import RECIPES
     from stages.alignment.weight_average import WeightAverage
-    from stages.pretrain.loop import StepLogger, deepspeed_config, make_optimizer, write_file_list
+    from stages.core import storage
+    from stages.pretrain.loop import StepLogger, checkpoint_at, deepspeed_config, make_optimizer, write_file_list
     from stages.pretrain.sampler import StepSampler, eval_indices
 
     stage = job["stage"]
@@ -68,16 +69,18 @@ def train_worker(job: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     bf16 = cfg.distributed.precision == "bf16" or (cfg.distributed.precision == "auto" and device.type == "cuda")
 
-    tokenizer = AutoTokenizer.from_pretrained(job["model_dir"])
+    # the driver's model and rows: fetched first when they are on object storage (this node may share no disk)
+    model_dir = storage.fetched(job["model_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad_id = tokenizer.pad_token_id
-    train_items = recipe.encode(read_rows(Path(job["train"])), tokenizer, train=True)
-    eval_items = recipe.encode(read_rows(Path(job["heldout"])), tokenizer, train=False)
+    train_items = recipe.encode(read_rows(storage.fetched(job["train"])), tokenizer, train=True)
+    eval_items = recipe.encode(read_rows(storage.fetched(job["heldout"])), tokenizer, train=False)
     micro, global_batch = cfg.micro_batch_size, cfg.global_batch_size
     accum = global_batch // (micro * world)
     steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train_items) / global_batch))
     sampler = StepSampler(len(train_items), global_batch, job["seed"])
 
-    model = load_model(job["model_dir"], recipe.model_kind, pad_id).to(device)
+    model = load_model(str(model_dir), recipe.model_kind, pad_id).to(device)
     if cfg.lora is not None:
         model = lora.wrap(model, cfg.lora, recipe.model_kind)
     trained, total = lora.trainable(model)
@@ -90,7 +93,7 @@ def train_worker(job: dict[str, Any]) -> None:
     start, history = 0, []
     checkpoint = ray.train.get_checkpoint()  # Ray's own after a worker restart, else the one the driver found
     if checkpoint is None and job.get("resume_from"):
-        checkpoint = Checkpoint.from_directory(job["resume_from"])
+        checkpoint = checkpoint_at(job["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             marker = json.loads((Path(folder) / MARKER).read_text())
@@ -203,7 +206,7 @@ def train_worker(job: dict[str, Any]) -> None:
                 state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
             out = Path(folder) / MODEL_DIR
             module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
-            copy_tokenizer_files(Path(job["model_dir"]), out)
+            copy_tokenizer_files(model_dir, out)
             (Path(folder) / TRAIN_LOG).write_text("".join(json.dumps(h) + "\n" for h in logger.history))
             (Path(folder) / MARKER).write_text(json.dumps({"step": steps, "final": True, "world_size": world}))
         write_file_list(Path(folder), rank)

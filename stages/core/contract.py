@@ -152,6 +152,18 @@ class StageContext(Generic[ConfigT]):
                 self.work = join(self.storage, "work", self.stage, work_name(self.run_id))
         return self.work
 
+    def for_workers(self, local: Path, name: str) -> str:
+        """Where Ray workers read a file or folder of the driver's (an input, or something the stage wrote): the
+        path itself on local disk; on object storage a copy under the work location, which a worker turns back
+        into a local path with ``storage.fetched``."""
+        if self.storage is None:
+            return str(local)
+        from stages.core.storage import join, upload_tree
+
+        location = join(self.work_location(), "for-workers", name)
+        upload_tree(Path(local), location)
+        return location
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Step metrics (training curves) go to MLflow while the stage runs."""
         if self.tracker is not None and self.run_id is not None:

@@ -163,6 +163,8 @@ def execute_stage(
             manifest = build_manifest(stage, config, seed, inputs, key, result, tmp, started)
             manifest["storage"] = storage or "local"  # where its Ray tasks handed work files to each other
             write_manifest(tmp, manifest)
+            if ctx.storage is not None and ctx.work is not None:
+                remove_tree(ctx.work)  # what the stage handed to its workers through object storage
         if tracking is not None and run_id is not None:
             tracker = tracking.tracker
             tracker.log_metrics(run_id, {**{f"count.{k}": v for k, v in result.counts.items()}, **result.metrics})

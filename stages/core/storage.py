@@ -301,6 +301,47 @@ def download_folder(location: str | Path, local: Path) -> Path:
     return local
 
 
+def upload_tree(local: Path, location: str | Path) -> None:
+    """A local file, or a local folder with everything under it, copied to ``location``."""
+    if local.is_file():
+        upload(local, location)
+        return
+    for item in sorted(local.rglob("*")):
+        if item.is_file():
+            upload(item, join(location, *item.relative_to(local).parts))
+
+
+_fetched: dict[str, Path] = {}
+
+
+def fetched(location: str | Path) -> Path:
+    """A local path to read ``location`` (a file, or a folder with everything under it) at: the path itself on
+    local disk; on object storage a copy in a temporary folder, made once per process (a Ray worker on a node
+    that shares no disk with the driver reads the driver's inputs so)."""
+    location = str(location)
+    if not is_remote(location):
+        return Path(location)
+    if location not in _fetched:
+        import tempfile
+
+        from pyarrow import fs as pafs
+
+        local = Path(tempfile.mkdtemp(prefix="lmforge-fetched-")) / name_of(location)
+        fs, path = _s3(location)
+        with _named(location):
+            kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.File:
+            download(location, local)
+        elif kind == pafs.FileType.NotFound:
+            raise StorageError(f"object storage at {endpoint()}: {location} does not exist")
+        else:
+            base = location.rstrip("/") + "/"
+            for item in list_tree(location):
+                download(item, local.joinpath(*item[len(base):].split("/")))
+        _fetched[location] = local
+    return _fetched[location]
+
+
 def upload_folder(local: Path, location: str | Path) -> None:
     for item in sorted(local.iterdir()):
         if item.is_file():

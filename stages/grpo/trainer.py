@@ -76,13 +76,15 @@ class GRPOTrainer:
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
         pad_id = AutoTokenizer.from_pretrained(sft_dir).pad_token_id
         a = cfg.actors
+        sft_at = ctx.for_workers(Path(sft_dir), "sft-model")  # as in ppo: the actors may share no disk with us
         policy = ray.remote(PolicyRole).options(num_cpus=a.policy).remote(
-            sft_dir, num_cpus=a.policy, lr=cfg.lr, grad_clip=cfg.grad_clip, temperature=cfg.temperature,
+            sft_at, num_cpus=a.policy, lr=cfg.lr, grad_clip=cfg.grad_clip, temperature=cfg.temperature,
             seed=ctx.seed, rollout_engine=cfg.rollout_engine,
             lora_settings=cfg.lora.model_dump() if cfg.lora else None)
         reference = None if cfg.lora else ray.remote(ReferenceRole).options(num_cpus=a.reference).remote(
-            sft_dir, num_cpus=a.reference, temperature=cfg.temperature)
-        reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(str(rm.path), num_cpus=a.reward) \
+            sft_at, num_cpus=a.reference, temperature=cfg.temperature)
+        reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(
+            ctx.for_workers(Path(rm.path), "reward-model"), num_cpus=a.reward) \
             if cfg.rewards.model else None
         scorer = Scorer(cfg, Roles(policy=policy, critic=None, reference=reference, reward=reward))
         try:

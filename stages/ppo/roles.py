@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from stages.alignment import lora
+from stages.core import storage
 from stages.alignment.objectives import k3_kl, masked_mean, policy_loss, value_loss
 
 
@@ -63,6 +64,7 @@ class PolicyRole:
 
         self.threads = _threads(num_cpus)
         torch.manual_seed(seed)
+        model_dir = str(storage.fetched(model_dir))  # the driver's, fetched when it is on object storage
         self.model, self.tokenizer = load_policy(Path(model_dir))
         if lora_settings is not None:  # only the adapter trains; adapters off, the model is its own reference
             self.model = lora.wrap(self.model, lora.LoraSettings(**lora_settings), "causal")
@@ -177,7 +179,8 @@ class ReferenceRole:
         from transformers import AutoModelForCausalLM
 
         _threads(num_cpus)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype="auto").eval()
+        self.model = AutoModelForCausalLM.from_pretrained(storage.fetched(model_dir), attn_implementation="sdpa",
+                                                          dtype="auto").eval()
         self.temperature = temperature
 
     @torch.no_grad()
@@ -193,7 +196,7 @@ class RewardRole:
         from stages.alignment.scoring import load_reward_model
 
         _threads(num_cpus)
-        self.model, _ = load_reward_model(Path(model_dir))
+        self.model, _ = load_reward_model(storage.fetched(model_dir))
 
     @torch.no_grad()
     def score(self, batch: dict[str, np.ndarray]) -> np.ndarray:
@@ -210,7 +213,7 @@ class CriticRole:
         _threads(num_cpus)
         torch.manual_seed(seed)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, num_labels=1, pad_token_id=pad_id, attn_implementation="sdpa", dtype="float32")
+            storage.fetched(model_dir), num_labels=1, pad_token_id=pad_id, attn_implementation="sdpa", dtype="float32")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0, foreach=False)
         self.grad_clip = grad_clip
 

@@ -118,15 +118,18 @@ class PPOTrainer:
         a, r = cfg.actors, cfg.rollout
         if cfg.lora is not None:
             check_targets(Path(sft_dir), cfg.lora, "ppo.lora.target_modules")
+        # the actors may run on nodes that share no disk with this driver: they read the models where
+        # for_workers put them (object storage then, else these very folders)
+        sft_at, rm_at = ctx.for_workers(Path(sft_dir), "sft-model"), ctx.for_workers(Path(rm_dir), "reward-model")
         policy = ray.remote(PolicyRole).options(num_cpus=a.policy).remote(
-            sft_dir, num_cpus=a.policy, lr=cfg.policy_lr, grad_clip=cfg.grad_clip, temperature=r.temperature,
+            sft_at, num_cpus=a.policy, lr=cfg.policy_lr, grad_clip=cfg.grad_clip, temperature=r.temperature,
             seed=ctx.seed, rollout_engine=cfg.rollout_engine, lora_settings=cfg.lora.model_dump() if cfg.lora else None)
         critic = ray.remote(CriticRole).options(num_cpus=a.critic).remote(
-            rm_dir if cfg.critic_init == "reward" else sft_dir, num_cpus=a.critic, lr=cfg.critic_lr,
+            rm_at if cfg.critic_init == "reward" else sft_at, num_cpus=a.critic, lr=cfg.critic_lr,
             grad_clip=cfg.grad_clip, pad_id=pad_id, seed=ctx.seed)
         reference = None if cfg.lora else ray.remote(ReferenceRole).options(num_cpus=a.reference).remote(
-            sft_dir, num_cpus=a.reference, temperature=r.temperature)  # a LoRA policy is its own, adapters off
-        reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(rm_dir, num_cpus=a.reward)
+            sft_at, num_cpus=a.reference, temperature=r.temperature)  # a LoRA policy is its own, adapters off
+        reward = ray.remote(RewardRole).options(num_cpus=a.reward).remote(rm_at, num_cpus=a.reward)
         try:
             roles = Roles(policy=policy, critic=critic, reference=reference, reward=reward)
             before = self._evaluate(roles, heldout, cfg, pad_id=pad_id, seed=ctx.seed)

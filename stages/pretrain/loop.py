@@ -137,7 +137,8 @@ def _local_inputs(job: dict[str, Any]) -> tuple[Path, Path]:
             storage.download_folder(job["tokenizer"], scratch / "tokenizer"))
 
 
-def _checkpoint_at(location: str):
+def checkpoint_at(location: str):
+    """A Ray Train checkpoint at a local folder or an s3:// location."""
     from ray.train import Checkpoint
 
     from stages.core import storage
@@ -199,7 +200,7 @@ def train_worker(job: dict[str, Any]) -> None:
     # Ray's own latest checkpoint (after a worker restart), else the one the driver found on disk
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and job.get("resume_from"):
-        checkpoint = _checkpoint_at(job["resume_from"])
+        checkpoint = checkpoint_at(job["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             marker = json.loads((Path(folder) / CHECKPOINT_MARKER).read_text())

@@ -21,7 +21,7 @@ from tests.conftest import LMFORGE, REPO, TINY, last_json, real_documents, run_c
 pytestmark = pytest.mark.integration
 
 
-def test_storage_layer_on_seaweedfs(object_store, s3_env, monkeypatch):
+def test_storage_layer_on_seaweedfs(object_store, s3_env, monkeypatch, tmp_path):
     base = object_store.uri("layer")
     # lines survive chunk boundaries, also inside a multi-byte character
     lines = [json.dumps({"id": i, "text": "é€" * (i % 7) + "x" * i}, ensure_ascii=False) + "\n" for i in range(300)]
@@ -45,6 +45,18 @@ def test_storage_layer_on_seaweedfs(object_store, s3_env, monkeypatch):
     part = partitioned.read_partition_of_all(storage.join(base, "t"), 1)
     assert part["node"].tolist() == [n for n in range(50) if n % 3 == 1]
     assert [len(s) for s in part["shingles"]] == [n % 5 for n in range(50) if n % 3 == 1]
+    # a driver's folder and file handed to workers (StageContext.for_workers) and fetched back where they run
+    local = tmp_path / "model"
+    (local / "adapter").mkdir(parents=True)
+    (local / "config.json").write_text("{}")
+    (local / "adapter" / "weights.bin").write_bytes(bytes(range(200)))
+    storage.upload_tree(local, storage.join(base, "for-workers", "model"))
+    storage.upload_tree(local / "config.json", storage.join(base, "for-workers", "rows.jsonl"))
+    copy = storage.fetched(storage.join(base, "for-workers", "model"))
+    assert copy != local and (copy / "adapter" / "weights.bin").read_bytes() == bytes(range(200))
+    assert storage.fetched(storage.join(base, "for-workers", "rows.jsonl")).read_text() == "{}"
+    assert storage.fetched(storage.join(base, "for-workers", "model")) == copy  # fetched once per process
+    assert storage.fetched(str(local)) == local
     storage.remove_tree(base)
     assert storage.list_tree(base) == []
     with pytest.raises(storage.StorageError, match=object_store.endpoint):

@@ -250,6 +250,36 @@ def test_tiny_pipeline_on_nodes_that_share_no_disk(team, cluster, tmp_path):
     assert abs(ours - theirs) <= 0.02 * theirs, (ours, theirs)
 
 
+def test_alignment_on_nodes_that_share_no_disk(team, cluster, tmp_path):
+    """The same cluster on to ppo: sft and reward train on Ray Train workers and ppo's actors run on the worker
+    nodes (the head has no CPU), reading the driver's models and rows where the stage put them on SeaweedFS;
+    checkpoints go there too and nothing is left behind."""
+    assert cluster["runs"].get("pipeline"), "the pipeline run on this cluster (the test before this one) did not finish"
+    summary = last_json(run_cli(
+        ["run", "--config", str(TINY), "--until", "ppo", "--set", "pipeline.name=tinycluster",
+         "--set", f"engines.ray.address={cluster['address']}", "--set", "sft.distributed.cpus_per_worker=1",
+         "--set", "reward.distributed.cpus_per_worker=1"], env=cluster["env"]).stdout)
+    assert set(summary["cache_hits"]) == {"ingest", "dedup", "quality", "tokenize", "pretrain"}
+    assert {"align_data", "sft", "reward", "ppo"} <= set(summary["stages"])
+    state = _cluster_state(cluster)
+    head = set(state["head"])
+    ran = {(name, node) for name, task_state, node, _ in state["tasks"] if task_state == "FINISHED" and node}
+    for role in ("PolicyRole.generate", "CriticRole.values", "RewardRole.score"):
+        nodes = {node for name, node in ran if name == role}
+        assert nodes and not nodes & head, (role, nodes)
+    client = MlflowClient(team["exports"]["MLFLOW_TRACKING_URI"])
+    for name in ("sft", "reward", "ppo"):
+        manifest = client.download_artifacts(summary["stages"][name], "manifest.json", str(tmp_path))
+        assert json.loads(Path(manifest).read_text())["storage"] == "s3://lmforge", name
+    assert "model" in {a.path for a in client.list_artifacts(summary["stages"]["ppo"])}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in team["s3"].items():
+            mp.setenv(name, value)
+        from stages.core import storage
+
+        assert storage.list_tree("s3://lmforge/work") == [] and storage.list_tree("s3://lmforge/train") == []
+
+
 def _kill_the_node_running(names: tuple[str, ...], node_procs: list[subprocess.Popen], stop: threading.Event,
                            killed: list[str]) -> None:
     """SIGKILL the whole worker node (its raylet, agents and workers) that first runs one of ``names``."""
