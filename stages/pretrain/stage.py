@@ -47,7 +47,9 @@ def _complete_checkpoint(folder: str) -> dict[str, Any] | None:
         meta = json.loads(store.read_bytes(store.join(folder, CHECKPOINT_MARKER)))
         lists = [json.loads(store.read_bytes(store.join(folder, FILE_LIST.format(rank=r))))
                  for r in range(meta["world_size"])]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, store.StorageError):
+        # no marker (yet): a checkpoint being written, or the name of a removed one that object storage
+        # still lists for a while (SeaweedFS drops emptied folders lazily)
         return None
     for files in lists:
         for rel, size in files.items():
@@ -55,7 +57,7 @@ def _complete_checkpoint(folder: str) -> dict[str, Any] | None:
             try:
                 if store.size(path) != size:
                     return None
-            except (OSError, TypeError):
+            except (OSError, TypeError, store.StorageError):
                 return None
     return meta
 

@@ -3,6 +3,7 @@ checkpoint resumes from it on the same loss curve, and saves the same adapter-me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import DATA_DIR, LMFORGE, REPO, make_tiny_model, run_cli
@@ -87,6 +89,11 @@ def test_a_killed_lora_run_resumes_from_its_checkpoint_on_the_same_curve(inputs,
             found = None
             time.sleep(0.1)
         assert found is not None, (tmp_path / "killed.log").read_text()[-3000:]
+        # the whole machine goes: the CLI and the Ray it started (its Train worker, in a session of Ray's own,
+        # would otherwise go on to write the final checkpoint before it notices)
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not out_b.exists()

@@ -203,6 +203,12 @@ def cluster(team, tmp_path_factory):
         shutil.rmtree(head_temp, ignore_errors=True)
 
 
+# the cluster runs' settings: pretrain as one 1-CPU Ray Train worker on each worker node
+ON_TWO_NODES = ["--set", "pipeline.name=tinycluster", "--set", "pretrain.distributed.num_workers=2",
+                "--set", "pretrain.distributed.cpus_per_worker=1",
+                "--set", "pretrain.distributed.placement_strategy=STRICT_SPREAD"]
+
+
 def _cluster_state(cluster: dict) -> dict:
     state = subprocess.run([sys.executable, "-c", STATE, cluster["dashboard"]], capture_output=True, text=True,
                            env=cluster["env"], timeout=300)
@@ -218,10 +224,8 @@ def test_tiny_pipeline_on_nodes_that_share_no_disk(team, cluster, tmp_path):
     assert single, "the single-node run (the test before this one) did not finish"
     exports, env, address, workers = team["exports"], cluster["env"], cluster["address"], cluster["workers"]
     summary = last_json(run_cli(
-        ["run", "--config", str(TINY), "--until", "pretrain", "--set", "pipeline.name=tinycluster",
-         "--set", f"engines.ray.address={address}", "--set", "pretrain.distributed.num_workers=2",
-         "--set", "pretrain.distributed.cpus_per_worker=1",
-         "--set", "pretrain.distributed.placement_strategy=STRICT_SPREAD"], env=env).stdout)
+        ["run", "--config", str(TINY), "--until", "pretrain", *ON_TWO_NODES, "--set", f"engines.ray.address={address}"],
+        env=env).stdout)
     assert summary["cache_hits"] == []
 
     cluster["runs"]["pipeline"] = summary
@@ -256,8 +260,8 @@ def test_alignment_on_nodes_that_share_no_disk(team, cluster, tmp_path):
     checkpoints go there too and nothing is left behind."""
     assert cluster["runs"].get("pipeline"), "the pipeline run on this cluster (the test before this one) did not finish"
     summary = last_json(run_cli(
-        ["run", "--config", str(TINY), "--until", "ppo", "--set", "pipeline.name=tinycluster",
-         "--set", f"engines.ray.address={cluster['address']}", "--set", "sft.distributed.cpus_per_worker=1",
+        ["run", "--config", str(TINY), "--until", "ppo", *ON_TWO_NODES, "--set",
+         f"engines.ray.address={cluster['address']}", "--set", "sft.distributed.cpus_per_worker=1",
          "--set", "reward.distributed.cpus_per_worker=1"], env=cluster["env"]).stdout)
     assert set(summary["cache_hits"]) == {"ingest", "dedup", "quality", "tokenize", "pretrain"}
     assert {"align_data", "sft", "reward", "ppo"} <= set(summary["stages"])
