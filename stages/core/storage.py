@@ -294,13 +294,6 @@ def size(location: str | Path) -> int:
         return fs.get_file_info(path).size
 
 
-def download_folder(location: str | Path, local: Path) -> Path:
-    """The files directly in a folder, copied into the local folder ``local``."""
-    for item in list_files(location):
-        download(item, local / name_of(item))
-    return local
-
-
 def upload_tree(local: Path, location: str | Path) -> None:
     """A local file, or a local folder with everything under it, copied to ``location``."""
     if local.is_file():
@@ -342,12 +335,6 @@ def fetched(location: str | Path) -> Path:
     return _fetched[location]
 
 
-def upload_folder(local: Path, location: str | Path) -> None:
-    for item in sorted(local.iterdir()):
-        if item.is_file():
-            upload(item, join(location, item.name))
-
-
 def list_files(directory: str | Path, suffix: str = "", prefix: str = "") -> list[str]:
     """The files directly in ``directory`` whose names start with ``prefix`` and end with ``suffix``,
     sorted by name (temporary files left out); none if it does not exist."""
@@ -356,32 +343,28 @@ def list_files(directory: str | Path, suffix: str = "", prefix: str = "") -> lis
     return [join(directory, n) for n in names]
 
 
-def list_tree(directory: str | Path) -> list[str]:
-    """Every file under ``directory``, at any depth, sorted (none if it does not exist)."""
+def _files_under(directory: str | Path) -> dict[str, int]:
+    """{location: bytes} of every file under ``directory``, at any depth (none if it does not exist)."""
     directory = str(directory)
     if not is_remote(directory):
         base = Path(directory)
-        return sorted(str(p) for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
+        return {str(p): p.stat().st_size for p in base.rglob("*") if p.is_file()} if base.is_dir() else {}
     from pyarrow import fs as pafs
 
     fs, path = _s3(directory)
     with _named(directory):
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
-    return sorted(S3 + info.path for info in infos if info.type == pafs.FileType.File)
+    return {S3 + info.path: info.size or 0 for info in infos if info.type == pafs.FileType.File}
+
+
+def list_tree(directory: str | Path) -> list[str]:
+    """Every file under ``directory``, at any depth, sorted (none if it does not exist)."""
+    return sorted(_files_under(directory))
 
 
 def tree_bytes(directory: str | Path) -> int:
     """The bytes of every file under ``directory``, at any depth (0 if it does not exist)."""
-    directory = str(directory)
-    if not is_remote(directory):
-        base = Path(directory)
-        return sum(p.stat().st_size for p in base.rglob("*") if p.is_file()) if base.is_dir() else 0
-    from pyarrow import fs as pafs
-
-    fs, path = _s3(directory)
-    with _named(directory):
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
-    return sum(info.size or 0 for info in infos if info.type == pafs.FileType.File)
+    return sum(_files_under(directory).values())
 
 
 def remove(location: str | Path) -> None:

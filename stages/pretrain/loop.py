@@ -124,19 +124,6 @@ def save_check(model_dir: Path, probe: dict, live, path: Path) -> float:
     return float(np.abs(logits - live).max())
 
 
-def _local_inputs(job: dict[str, Any]) -> tuple[Path, Path]:
-    """The token shards and the tokenizer as local folders."""
-    from stages.core import storage
-
-    if not storage.is_remote(job["tokens"]):
-        return Path(job["tokens"]), Path(job["tokenizer"])
-    import tempfile
-
-    scratch = Path(tempfile.mkdtemp(prefix="lmforge-pretrain-"))
-    return (storage.download_folder(job["tokens"], scratch / "tokens"),
-            storage.download_folder(job["tokenizer"], scratch / "tokenizer"))
-
-
 def checkpoint_at(location: str):
     """A Ray Train checkpoint at a local folder or an s3:// location."""
     from ray.train import Checkpoint
@@ -160,6 +147,7 @@ def train_worker(job: dict[str, Any]) -> None:
     import torch.distributed as dist
     from ray.train import Checkpoint
 
+    from stages.core import storage
     from stages.pretrain.config import PretrainConfig
     from stages.pretrain.model import build_model, count_parameters, flops_per_token
     from stages.pretrain.peak import peak_tflops
@@ -177,7 +165,7 @@ def train_worker(job: dict[str, Any]) -> None:
 
     # data: the same global batch for any world size; this rank reads its share (fetched first when the
     # inputs are on object storage: this node may share no disk with the driver)
-    tokens, tokenizer = _local_inputs(job)
+    tokens, tokenizer = storage.fetched(job["tokens"]), storage.fetched(job["tokenizer"])
     train = PackedDataset(tokens, "train")
     val = PackedDataset(tokens, "val")
     seq_len = train.seq_len

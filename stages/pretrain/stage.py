@@ -101,18 +101,16 @@ class PretrainStage(Stage[PretrainConfig]):
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
         dist = cfg.distributed
         run_name = f"pretrain-{ctx.cache_key[:20] or 'adhoc'}"
-        tokens_at, tokenizer_at = str(tokens), str(ctx.inputs["tokenizer"].path)
+        # the inputs as the workers reach them: staged on object storage when nodes share no disk
+        tokens_at = ctx.for_workers(Path(tokens), "tokens")
+        tokenizer_at = ctx.for_workers(Path(ctx.inputs["tokenizer"].path), "tokenizer")
         if ctx.storage is None:
             train_root: str = str(lmforge_home() / "train")
             where = {"storage_path": train_root}
-        else:  # checkpoints on object storage; the inputs staged there for workers that share no disk
+        else:  # checkpoints on object storage
             train_root = store.join(ctx.storage, "train")
             filesystem, path = store.pyarrow_filesystem(train_root)
             where = {"storage_path": path, "storage_filesystem": filesystem}
-            tokens_at = store.join(ctx.work_location(), "tokens")
-            tokenizer_at = store.join(ctx.work_location(), "tokenizer")
-            store.upload_folder(Path(tokens), tokens_at)
-            store.upload_folder(Path(ctx.inputs["tokenizer"].path), tokenizer_at)
         resume = latest_checkpoint(store.join(train_root, run_name), dist.num_workers)
         if resume is not None:
             ctx.log.info("pretrain: resuming from %s", resume)
@@ -146,8 +144,6 @@ class PretrainStage(Stage[PretrainConfig]):
         write_loss_curve(out / LOSS_PLOT, history, unigram)
         metrics, details = self._figures(cfg, history, unigram, train, val, marker, resume)
         store.remove_tree(store.join(train_root, run_name))  # finished: the model is the artifact now
-        if ctx.storage is not None:
-            store.remove_tree(ctx.work_location())
         ctx.log.info("pretrain: %d steps; final loss %.4f, validation loss %.4f (perplexity %.1f) vs unigram "
                      "entropy %s", cfg.max_steps, metrics.get("final_loss", float("nan")),
                      metrics.get("final_val_loss", float("nan")), metrics.get("final_perplexity", float("nan")),

@@ -67,12 +67,8 @@ class TokenizerActor:
 
     def load(self, tokenizer_dir: str, meta: dict[str, Any]) -> None:
         if self.loaded != tokenizer_dir:  # also after a restart, which reruns only __init__
-            local = Path(tokenizer_dir)
-            if storage.is_remote(tokenizer_dir):  # this node shares no disk with the driver
-                import tempfile
-
-                local = storage.download_folder(tokenizer_dir, Path(tempfile.mkdtemp(prefix="lmforge-tokenizer-")))
-            self.tokenizer = bpe.load_fast(local)
+            # fetched when it is on object storage: this node may share no disk with the driver
+            self.tokenizer = bpe.load_fast(storage.fetched(tokenizer_dir))
             self.encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
             self.meta, self.loaded = meta, tokenizer_dir
 
@@ -194,10 +190,8 @@ class TokenizeStage(Stage[TokenizeConfig]):
 
         t0 = time.time()
         # the actors read the tokenizer and write their token shards where every node reaches
-        tokenizer_at, tokens_at = str(tok_dir), str(tokens_dir)
-        if ctx.storage is not None:
-            tokenizer_at, tokens_at = storage.join(work, TOKENIZER_DIR), storage.join(work, TOKENS_DIR)
-            storage.upload_folder(tok_dir, tokenizer_at)
+        tokenizer_at = ctx.for_workers(tok_dir, TOKENIZER_DIR)
+        tokens_at = str(tokens_dir) if ctx.storage is None else storage.join(work, TOKENS_DIR)
         ray.get([actor.load.remote(tokenizer_at, meta) for actor in actors])
         pool = ActorPool(actors)
         for i, shard in enumerate(shards):
