@@ -37,22 +37,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _port_pair_free(port: int) -> bool:
-    """SeaweedFS also listens on port + 10000 (gRPC)."""
-    for p in (port, port + 10000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                return False
-    return True
-
-
 def _ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1."""
     found: list[int] = []
     while len(found) < count:
         port = _free_port()
-        if port + 10000 < 65536 and port not in found and _port_pair_free(port):
+        if port not in found:
             found.append(port)
     return found
 
@@ -102,13 +92,17 @@ def start(folder: Path, s3_port: int | None = None, timeout_s: float = 60.0) -> 
     folder = Path(folder).resolve()
     (folder / "data").mkdir(parents=True, exist_ok=True)
     key, secret = _identity(folder)
-    master, volume, filer = _ports(3)
     s3_port = s3_port or _ports(1)[0]
+    # every gRPC port too: SeaweedFS's default (the HTTP port + 10000) is past 65535 for a port above 55535,
+    # which the kernel hands out as a free port (the server then exits at once)
+    master, volume, filer, master_grpc, volume_grpc, filer_grpc, s3_grpc = _ports(7)
     log = open(folder / "weed.log", "ab")
     process = subprocess.Popen(
         [weed_binary(), "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
          f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-         "-s3", f"-s3.port={s3_port}", f"-s3.config={folder / 's3-identity.json'}", "-s3.port.iceberg=0",
+         f"-master.port.grpc={master_grpc}", f"-volume.port.grpc={volume_grpc}", f"-filer.port.grpc={filer_grpc}",
+         "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={folder / 's3-identity.json'}",
+         "-s3.port.iceberg=0",
          # 1 GB volumes, up to 100: the default 30 GB volumes with a count from the free disk leave no writable
          # volume for SeaweedFS's own metadata collection on a small disk
          "-s3.port.lance=0", "-master.telemetry=false", "-master.volumeSizeLimitMB=1024", "-volume.max=100"],
@@ -119,7 +113,9 @@ def start(folder: Path, s3_port: int | None = None, timeout_s: float = 60.0) -> 
     last = None
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited ({process.returncode}); see {folder / 'weed.log'}")
+            tail = (folder / "weed.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"SeaweedFS exited ({process.returncode}); {folder / 'weed.log'} ends:\n"
+                               + "\n".join(tail))
         try:
             _create_bucket(store)
             return store
