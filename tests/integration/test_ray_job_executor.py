@@ -5,8 +5,6 @@ result read back from MLflow with the same lineage as inline."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +15,7 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, free_port, last_json, run_cli
+from tests.conftest import TINY, free_port, kill_ray_node, last_json, run_cli
 
 pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).parent / "ray")
@@ -50,11 +48,7 @@ def ray_head(tmp_path):
         time.sleep(1)
     time.sleep(3)
     yield {"jobs": url, "address": f"127.0.0.1:{port}"}
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    kill_ray_node(proc)
     log.close()
     import shutil
 

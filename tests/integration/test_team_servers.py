@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DATA_DIR, REPO, TINY, free_port, last_json, need_debian_package, run_cli
+from tests.conftest import DATA_DIR, REPO, TINY, free_port, kill_ray_node, last_json, need_debian_package, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -192,17 +191,8 @@ def cluster(team, tmp_path_factory):
         yield {"address": address, "dashboard": dashboard, "env": env, "workers": {node for node, _ in seen},
                "worker_procs": procs[1:], "runs": {}}
     finally:
-        # SIGKILL, not SIGTERM: a node stops gracefully in about 33 s and nothing of this cluster outlives the test
-        # (the workers' /tmp is their own tmpfs; the head's temp dir is removed below)
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                doomed = psutil.Process(proc.pid).children(recursive=True)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                for child in doomed:  # anything that left the node's process group
-                    with contextlib.suppress(psutil.Error):
-                        child.kill()
-            proc.wait(timeout=60)
+        for proc in procs:  # the workers' /tmp is their own tmpfs; the head's temp dir is removed below
+            kill_ray_node(proc)
         shutil.rmtree(head_temp, ignore_errors=True)
 
 
