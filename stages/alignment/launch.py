@@ -13,12 +13,11 @@ from stages.alignment.lora import ADAPTER_DIR, check_targets
 from stages.alignment.trainer import MARKER, MODEL_DIR, TRAIN_LOG, train_worker
 from stages.core.contract import StageContext
 from stages.core.errors import ConfigError, StageError
-from stages.core.paths import lmforge_home
 from stages.core.ray_runtime import ensure_ray
 from stages.core.tracking import register_artifact
 from stages.pretrain.distributed import scaling_config, train_env
 from stages.pretrain.loop import checkpoint_at
-from stages.pretrain.stage import latest_checkpoint
+from stages.pretrain.stage import latest_checkpoint, train_storage
 
 
 def check_batch(stage: str, cfg) -> None:
@@ -48,13 +47,7 @@ def train(ctx: StageContext, model_dir: Path, train_rows: Path, heldout_rows: Pa
            "heldout": ctx.for_workers(heldout_rows, "heldout.jsonl"), "seed": ctx.seed,
            "run_id": ctx.run_id, "tracking_uri": tracker.tracking_uri if tracker is not None else None}
     name = f"{ctx.stage}-{ctx.cache_key[:20] or 'adhoc'}"
-    if ctx.storage is None:
-        train_root = str(lmforge_home() / "train")
-        where: dict[str, Any] = {"storage_path": train_root}
-    else:  # checkpoints on object storage, as pretrain's
-        train_root = store.join(ctx.storage, "train")
-        filesystem, path = store.pyarrow_filesystem(train_root)
-        where = {"storage_path": path, "storage_filesystem": filesystem}
+    train_root, where = train_storage(ctx)  # checkpoints where pretrain keeps its own
     run_dir = store.join(train_root, name)
     resume = latest_checkpoint(run_dir, dist.num_workers) if cfg.checkpoint_every else None
     if resume is not None:  # the same stage run (same cache key) killed before: go on from its newest state

@@ -42,6 +42,17 @@ def latest_checkpoint(run_dir: str | Path, world: int) -> str | None:
     return best
 
 
+def train_storage(ctx: StageContext) -> tuple[str, dict[str, Any]]:
+    """Where a stage's Ray Train runs keep their checkpoints: ``$LMFORGE_HOME/train`` on local disk, or
+    ``<storage>/train`` on object storage; and the ``RunConfig`` settings that say so."""
+    if ctx.storage is None:
+        root = str(lmforge_home() / "train")
+        return root, {"storage_path": root}
+    root = store.join(ctx.storage, "train")
+    filesystem, path = store.pyarrow_filesystem(root)
+    return root, {"storage_path": path, "storage_filesystem": filesystem}
+
+
 def _complete_checkpoint(folder: str) -> dict[str, Any] | None:
     try:
         meta = json.loads(store.read_bytes(store.join(folder, CHECKPOINT_MARKER)))
@@ -104,13 +115,7 @@ class PretrainStage(Stage[PretrainConfig]):
         # the inputs as the workers reach them: staged on object storage when nodes share no disk
         tokens_at = ctx.for_workers(Path(tokens), "tokens")
         tokenizer_at = ctx.for_workers(Path(ctx.inputs["tokenizer"].path), "tokenizer")
-        if ctx.storage is None:
-            train_root: str = str(lmforge_home() / "train")
-            where = {"storage_path": train_root}
-        else:  # checkpoints on object storage
-            train_root = store.join(ctx.storage, "train")
-            filesystem, path = store.pyarrow_filesystem(train_root)
-            where = {"storage_path": path, "storage_filesystem": filesystem}
+        train_root, where = train_storage(ctx)
         resume = latest_checkpoint(store.join(train_root, run_name), dist.num_workers)
         if resume is not None:
             ctx.log.info("pretrain: resuming from %s", resume)
