@@ -305,21 +305,49 @@ def upload_tree(local: Path, location: str | Path) -> None:
 
 
 _fetched: dict[str, Path] = {}
+FETCHED_PREFIX = "lmforge-fetched-"
+
+
+def _fetch_root() -> Path:
+    """This process's folder for copies (``lmforge-fetched-<pid>-...`` in the temp dir), made on first use. It goes
+    when the process exits; a process killed without an exit leaves it, and the next process on the node that
+    fetches anything removes it (``sweep_fetched``)."""
+    if "" not in _fetched:
+        import atexit
+        import tempfile
+
+        sweep_fetched(Path(tempfile.gettempdir()))
+        root = Path(tempfile.mkdtemp(prefix=f"{FETCHED_PREFIX}{os.getpid()}-"))
+        atexit.register(shutil.rmtree, root, True)
+        _fetched[""] = root
+    return _fetched[""]
+
+
+def sweep_fetched(temp: Path) -> list[Path]:
+    """Remove the copy folders under ``temp`` whose process is gone; returns them. (A reused pid keeps a dead
+    process's folder until that pid is free again: never a live process's copy removed.)"""
+    import psutil
+
+    removed = []
+    for folder in temp.glob(f"{FETCHED_PREFIX}*"):
+        pid = folder.name[len(FETCHED_PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def fetched(location: str | Path) -> Path:
     """A local path to read ``location`` (a file, or a folder with everything under it) at: the path itself on
-    local disk; on object storage a copy in a temporary folder, made once per process (a Ray worker on a node
-    that shares no disk with the driver reads the driver's inputs so)."""
+    local disk; on object storage a copy in this process's temporary folder, made once per process (a Ray worker
+    on a node that shares no disk with the driver reads the driver's inputs so)."""
     location = str(location)
     if not is_remote(location):
         return Path(location)
     if location not in _fetched:
-        import tempfile
-
         from pyarrow import fs as pafs
 
-        local = Path(tempfile.mkdtemp(prefix="lmforge-fetched-")) / name_of(location)
+        local = _fetch_root() / uuid.uuid4().hex[:8] / name_of(location)
         fs, path = _s3(location)
         with _named(location):
             kind = fs.get_file_info(path).type
