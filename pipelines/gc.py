@@ -6,7 +6,7 @@ and each registered model's newest version; the stage runs of the ``keep`` (at l
 most recent pipeline runs; and anything a running pipeline uses. The rest of the stage
 runs lose their artifacts and are deleted in MLflow (so the cache never offers a run whose files are gone); stage work
 dirs of pipelines that are not running (on local disk and on object storage), Ray Train checkpoints of no needed
-run (in both places), and the
+run (in both places), the serving copies on object storage of models whose runs go, and the
 object-spill folders of Ray sessions that are no longer alive go too, and so do the temp
 dirs that killed stages left beside their outputs (found through their owner records).
 """
@@ -24,11 +24,12 @@ from stages.core.atomic import registered_stale_temps, remove_temp
 from stages.core.errors import ConfigError
 from stages.core.paths import lmforge_home, work_root
 from stages.core.tracking import local_path_of
+from stages.deploy.serving import SERVE_FOLDER
 
 
 @dataclass
 class Item:
-    kind: str  # stage-run, work-dir, checkpoint, ray-spill, partial-output
+    kind: str  # stage-run, work-dir, checkpoint, serve-copy, ray-spill, partial-output
     path: Path | None
     bytes: int
     run_id: str | None = None
@@ -151,7 +152,8 @@ def _plan_runs(client, keep: int, result: Plan) -> tuple[set[str], set[str]]:
 
 def _plan_object_storage(live_stage_runs: set[str], needed_keys: set[str], result: Plan) -> None:
     """On object storage: work folders that killed stages left (their pipeline is not running, or their
-    ``lmforge stage`` process on this host is gone; see ``work_name``), and checkpoints of no needed run."""
+    ``lmforge stage`` process on this host is gone; see ``work_name``), checkpoints of no needed run, and the
+    serving copies (``serve/<run id>``) of models whose runs go."""
     import psutil
 
     from stages.core import storage
@@ -170,6 +172,10 @@ def _plan_object_storage(live_stage_runs: set[str], needed_keys: set[str], resul
     for folder in storage.list_dirs(storage.join(root, "train")):
         if storage.name_of(folder).rsplit("-", 1)[-1] not in needed_keys:
             result.delete.append(Item("checkpoint", None, storage.tree_bytes(folder), label=folder, location=folder))
+    removed_runs = {item.run_id for item in result.delete if item.kind == "stage-run"}
+    for folder in storage.list_dirs(storage.join(root, SERVE_FOLDER)):  # a served model's copy goes with its run
+        if storage.name_of(folder) in removed_runs:
+            result.delete.append(Item("serve-copy", None, storage.tree_bytes(folder), label=folder, location=folder))
 
 
 def _dead_ray_spills() -> list[Path]:

@@ -58,7 +58,9 @@ def serve(
 
         server = ServerConfig(host=host, port=port, api_key=api_key, max_tokens=max_tokens,
                               max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib)
-        url = serving.start(folder, name, server)
+        from stages.core.storage import configured_storage
+
+        url = serving.start(serving.replica_location(folder, configured_storage()), name, server)
     except LmforgeError as exc:
         raise _fail(exc) from None
     typer.echo(f"serving {name} v{version} at {url}/v1 (Ctrl-C stops)", err=True)

@@ -87,6 +87,10 @@ class LMServer:
         # halved its speed (bench/README.md, serving on vLLM); unbound, its OpenMP threads share the cores
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         try:
+            from stages.core import storage
+
+            # this replica's node may share no disk with the driver: an object-storage location is copied here
+            model_dir = str(await asyncio.to_thread(storage.fetched, model_dir))
             reason = vllm_engine.unsupported(model_dir, on_gpu=torch.cuda.is_available())
             if reason:
                 raise RuntimeError(reason)

@@ -1,5 +1,6 @@
-"""Start and stop the Ray Serve application on 127.0.0.1 (or the host given), and resolve
-``models:/NAME@ALIAS`` to the registered folder it serves."""
+"""Start and stop the Ray Serve application on 127.0.0.1 (or the host given), resolve
+``models:/NAME@ALIAS`` to the registered folder it serves, and put that folder where the
+serving replicas read it (object storage when nodes share no disk)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from stages.core.errors import StageError
 from stages.deploy.config import ServerConfig
 
 APP_NAME = "lmforge"
+SERVE_FOLDER = "serve"  # under the object storage root: one copy of each served model
+COPY_COMPLETE = ".lmforge-complete"  # written after the last file: a copy without it is re-uploaded
 
 
 def resolve_model(uri: str, tracking_uri: str | None = None) -> tuple[Path, str, str]:
@@ -29,6 +32,27 @@ def resolve_model(uri: str, tracking_uri: str | None = None) -> tuple[Path, str,
         raise StageError(f"--model: {uri} is not registered ({exc.__class__.__name__}: {exc})") from exc
 
 
+def replica_location(model_dir: Path, storage_root: str | None, key: str | None = None) -> str:
+    """Where Serve's replicas read the model: ``model_dir`` itself on local disk; with object storage, a copy at
+    ``<storage_root>/serve/<key>``, uploaded once. ``key`` is the MLflow run that made the model (``lmforge gc``
+    removes the copy with that run), else a digest of the folder's files. The copy stays while the model is
+    served: a replica that Serve restarts later, on any node, reads it there (each replica fetches it through
+    ``storage.fetched``)."""
+    from stages.core import storage
+
+    if storage_root is None:
+        return str(model_dir)
+    if key is None:
+        from stages.core.digests import combined_digest, tree_digests
+
+        key = "digest-" + combined_digest(tree_digests(model_dir))[:24]
+    location = storage.join(storage_root, SERVE_FOLDER, key)
+    if not storage.exists(storage.join(location, COPY_COMPLETE)):
+        storage.upload_tree(model_dir, location)
+        storage.write_text(storage.join(location, COPY_COMPLETE), "")
+    return location
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     import socket
 
@@ -37,9 +61,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def start(model_dir: Path, model_name: str, server: ServerConfig, *, timeout_s: float | None = None) -> str:
+def start(model_dir: Path | str, model_name: str, server: ServerConfig, *, timeout_s: float | None = None) -> str:
     """Deploy the app with ``server``'s settings (``deploy.server``; its port must be set, not 0) and wait for
-    /health (``server.startup_timeout_s`` unless ``timeout_s``); returns the base URL."""
+    /health (``server.startup_timeout_s`` unless ``timeout_s``); returns the base URL. ``model_dir``: a folder,
+    or the object-storage location of one (``replica_location``)."""
     from ray import serve
 
     from stages.core.quiet import quiet_third_party, verbose

@@ -140,7 +140,9 @@ class DeployStage(Stage[DeployConfig]):
         ensure_ray(ctx.ray_address, ctx.ray_num_cpus)
         if not s.port:
             s = s.model_copy(update={"port": serving.free_port(s.host)})
-        url = serving.start(model_dir, name, s)
+        # the replicas may run on nodes that share no disk with this driver: they read the model from object storage
+        location = serving.replica_location(model_dir, ctx.storage, key=serving_version.run_id or None)
+        url = serving.start(location, name, s)
         try:
             smoke = smoke_test(url, name, s.api_key, cfg.smoke_max_tokens, cfg.latency_probe_requests,
                                cfg.throughput_burst_requests)

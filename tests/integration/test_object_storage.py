@@ -1,7 +1,7 @@
 """Work files on a real S3 server (SeaweedFS on 127.0.0.1): the storage layer's reads and atomic writes,
 a bad storage setting refused in one line before any work, and the server stopped under a running stage
 (a clear error naming the endpoint, no half-written output, a rerun that finishes once it is back, and
-`lmforge gc` sweeping the work files the failed run left there)."""
+`lmforge gc` sweeping the work files the failed run left there, and the serving copy of a model whose run goes)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from pipelines import object_store as seaweedfs
-from stages.core import partitioned, storage
+from stages.core import names, partitioned, storage
 from stages.core.contract import work_name
+from stages.core.tracking import Tracker
 from tests.conftest import LMFORGE, REPO, TINY, last_json, real_documents, run_cli
 
 pytestmark = pytest.mark.integration
@@ -131,9 +132,19 @@ def test_storage_stopped_mid_stage_fails_cleanly_and_a_rerun_finishes(home, tmp_
             assert len(litter) == 1, litter
             running = storage.join(store.uri("run/work/dedup"), work_name(None))
             storage.write_text(storage.join(running, "shard-00000.jsonl"), "{}\n")
+            # a served model's copy goes with the stage run that made it (gc deletes that run: no pipeline needs
+            # it); a copy named by its files' digest (`lmforge serve` of a folder) stays
+            tracker = Tracker("tiny")
+            old_run = tracker.start_run("quantize", {names.TAG_STAGE: "quantize", names.TAG_CACHE_KEY: "k" * 64})
+            tracker.client.set_terminated(old_run, "FINISHED")
+            for key in (old_run, "digest-0123"):
+                storage.write_text(storage.join(store.uri("run/serve"), key, "config.json"), "{}")
             done = last_json(run_cli(["gc"], env={**env, "LMFORGE_STORAGE": store.uri("run")}).stdout)
             swept = {i["path"]: i for i in done["items"] if str(i["path"]).startswith("s3://")}
             assert swept[litter[0]]["kind"] == "work-dir" and swept[litter[0]]["bytes"] > 0 and running not in swept
             assert storage.list_tree(store.uri("run/work")) == [storage.join(running, "shard-00000.jsonl")]
+            assert swept[storage.join(store.uri("run/serve"), old_run)]["kind"] == "serve-copy"
+            assert old_run in done["removed_runs"]
+            assert storage.list_tree(store.uri("run/serve")) == [store.uri("run/serve/digest-0123/config.json")]
     finally:
         store.stop()

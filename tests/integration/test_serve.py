@@ -9,6 +9,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -23,19 +25,52 @@ KEYED = httpx.Client(headers={"authorization": f"Bearer {KEY}"})  # raw HTTP wit
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, object_store):
+    """Served as on nodes that share no disk with the driver: the replica reads the model from object storage."""
     from stages.core.ray_runtime import ensure_ray
     from stages.deploy import serving
 
     model_dir = make_tiny_model(tmp_path_factory.mktemp("serve") / "model")
-    ensure_ray(num_cpus=2)
-    port = free_port()
-    url = serving.start(model_dir, NAME, SERVER.model_copy(update={"port": port}))
-    yield {"url": url, "port": port, "model_dir": model_dir}
-    serving.stop()
-    import ray
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in object_store.env().items():  # the driver and the Ray processes it starts reach S3
+            env.setenv(name, value)
+        ensure_ray(num_cpus=2)
+        port = free_port()
+        location = serving.replica_location(model_dir, object_store.uri("serving"), key="run-of-the-model")
+        url = serving.start(location, NAME, SERVER.model_copy(update={"port": port}))
+        yield {"url": url, "port": port, "model_dir": model_dir, "location": location,
+               "storage": object_store.uri("serving")}
+        serving.stop()
+        import ray
 
-    ray.shutdown()  # later tests start their own local clusters
+        ray.shutdown()  # later tests start their own local clusters
+
+
+def test_the_replica_reads_the_model_from_object_storage(served, monkeypatch):
+    import tempfile
+
+    from ray.util.state import list_actors
+
+    from stages.core import storage
+    from stages.deploy import serving
+
+    location = served["location"]
+    assert location == storage.join(served["storage"], serving.SERVE_FOLDER, "run-of-the-model")
+    local = sorted(p.relative_to(served["model_dir"]).as_posix() for p in served["model_dir"].rglob("*") if p.is_file())
+    uploaded = sorted(item[len(location) + 1:] for item in storage.list_tree(location))
+    assert uploaded == sorted(local + [serving.COPY_COMPLETE])
+    # the replica's own process fetched it (into its per-process folder), not read the driver's path
+    replicas = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "ServeReplica" in a.class_name]
+    assert len(replicas) == 1
+    copies = list(Path(tempfile.gettempdir()).glob(f"{storage.FETCHED_PREFIX}{replicas[0].pid}-*/*/run-of-the-model"))
+    assert len(copies) == 1 and (copies[0] / "config.json").read_bytes() == (served["model_dir"] / "config.json").read_bytes()
+    # with no run to name it, a copy is named by its files' digest
+    named = serving.replica_location(served["model_dir"], served["storage"])
+    assert storage.name_of(named).startswith("digest-") and storage.list_tree(named)
+    # a complete copy is not uploaded again (a redeploy of the same model)
+    monkeypatch.setattr(storage, "upload_tree", lambda *a: pytest.fail("uploaded a complete copy again"))
+    assert serving.replica_location(served["model_dir"], served["storage"], key="run-of-the-model") == location
+    assert serving.replica_location(served["model_dir"], None) == str(served["model_dir"])  # local disk: as is
 
 
 def client(url: str, key: str = KEY):
