@@ -11,7 +11,8 @@ not grow with the corpus" is a measured one.
 <commit>``) on the same corpora, beside this one. ``--memory-limit-mb N`` runs each dedup (driver,
 Ray and its workers) in a cgroup (v1 memory controller; needs root) that holds N MB, to show a
 corpus larger than the memory the stage is given. ``--corpus-dir DIR`` keeps the generated corpora
-there (``corpus-N.jsonl``, from ``bench/planted_corpus.py --out``) and reuses them.
+there (``corpus-N.jsonl``, from ``bench/planted_corpus.py --out``) and reuses them. ``--set
+dedup.FIELD=VALUE`` overrides the demo config's dedup section in every run (e.g. ``dedup.shard_docs``).
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ def limited(cmd: list[str], limit_mb: int | None) -> tuple[list[str], Path | Non
     return ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", *cmd], group
 
 
-def run(tree: Path, corpus: Path, out: Path, truth: dict[str, str], limit_mb: int | None = None) -> dict:
+def run(tree: Path, corpus: Path, out: Path, truth: dict[str, str], limit_mb: int | None = None,
+        overrides: list[str] = ()) -> dict:
     cmd, group = limited([sys.executable, "-m", "stages", "dedup", "--input", str(corpus), "--output", str(out),
-                          "--config", str(ROOT / "pipelines/configs/demo.yaml")], limit_mb)
+                          "--config", str(ROOT / "pipelines/configs/demo.yaml"),
+                          *(a for o in overrides for a in ("--set", o))], limit_mb)
     env = {**os.environ, "PYTHONPATH": str(tree), "LMFORGE_HOME": str(out.parent / "home")}
     started = time.time()
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -125,6 +128,8 @@ def main() -> None:
     parser.add_argument("--baseline-tree", type=Path, help="another checkout whose dedup runs beside this one")
     parser.add_argument("--memory-limit-mb", type=int, help="run each dedup in a memory cgroup of this size (root)")
     parser.add_argument("--corpus-dir", type=Path, help="keep (and reuse) the generated corpora here")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="dedup.FIELD=VALUE",
+                        help="a config override for every dedup run (repeatable), e.g. dedup.shard_docs=16000")
     args = parser.parse_args()
     trees = {"this": ROOT, **({"baseline": args.baseline_tree.resolve()} if args.baseline_tree else {})}
     results: dict = {}
@@ -135,7 +140,8 @@ def main() -> None:
             for name, tree in trees.items():
                 out = Path(tmp) / f"{name}-{docs}" / "out"
                 out.parent.mkdir()
-                results[f"{name} {docs}"] = row = {"docs": docs, **run(tree, corpus, out, truth, args.memory_limit_mb)}
+                results[f"{name} {docs}"] = row = {"docs": docs, **run(tree, corpus, out, truth, args.memory_limit_mb,
+                                                                     args.overrides)}
                 print(json.dumps({name: row}), flush=True)
                 subprocess.run(["rm", "-rf", str(out.parent)])
             if not args.corpus_dir:
