@@ -308,19 +308,18 @@ _fetched: dict[str, Path] = {}
 FETCHED_PREFIX = "lmforge-fetched-"
 
 
+@functools.cache
 def _fetch_root() -> Path:
     """This process's folder for copies (``lmforge-fetched-<pid>-...`` in the temp dir), made on first use. It goes
     when the process exits; a process killed without an exit leaves it, and the next process on the node that
     fetches anything removes it (``sweep_fetched``)."""
-    if "" not in _fetched:
-        import atexit
-        import tempfile
+    import atexit
+    import tempfile
 
-        sweep_fetched(Path(tempfile.gettempdir()))
-        root = Path(tempfile.mkdtemp(prefix=f"{FETCHED_PREFIX}{os.getpid()}-"))
-        atexit.register(shutil.rmtree, root, True)
-        _fetched[""] = root
-    return _fetched[""]
+    sweep_fetched(Path(tempfile.gettempdir()))
+    root = Path(tempfile.mkdtemp(prefix=f"{FETCHED_PREFIX}{os.getpid()}-"))
+    atexit.register(shutil.rmtree, root, True)
+    return root
 
 
 def sweep_fetched(temp: Path) -> list[Path]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-
 from pathlib import Path
 
 import httpx
